@@ -1,0 +1,42 @@
+# `make up` and `make test` are the two commands a fresh machine needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: install up test test-fast lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+
+# torch goes in first, pinned, so nothing later resolves a CUDA build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
+	$(PIP) install -q --disable-pip-version-check -e ".[dev]" "$(TORCH)"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(VENV)/bin/stratum up
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration and not slow"
+
+lint: install
+	$(VENV)/bin/ruff check stratum tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/data.py
+	$(PY) bench/train.py
+	$(PY) bench/serve.py
+
+clean:
+	rm -rf $(VENV) .stratum .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,23 @@
+"""Settings: one pydantic object, built at the edge and passed down."""
+
+from stratum.config.settings import (
+    ControlSettings,
+    DataSettings,
+    GatewaySettings,
+    OnlineSettings,
+    ServeSettings,
+    Settings,
+    TrainSettings,
+    load_settings,
+)
+
+__all__ = [
+    "ControlSettings",
+    "DataSettings",
+    "GatewaySettings",
+    "OnlineSettings",
+    "ServeSettings",
+    "Settings",
+    "TrainSettings",
+    "load_settings",
+]

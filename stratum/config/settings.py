@@ -1,0 +1,176 @@
+"""One settings object for the whole system.
+
+Precedence, highest first: a CLI flag (passed as keyword overrides), an environment
+variable ``STRATUM_*`` (nested sections with ``__``, e.g. ``STRATUM_SERVE__MAX_BATCH_SIZE``),
+a YAML file, the default. The object is built once at the edge (CLI, process entry point)
+and handed down; nothing deeper reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from stratum.errors import ConfigError
+
+
+class DataSettings(BaseModel):
+    shards: int = Field(8, ge=1, le=4096)
+    replicas: int = Field(2, ge=1, le=16)
+    # Rows per streamed batch during ingest; bounds peak memory.
+    batch_rows: int = Field(65_536, ge=1_000)
+
+
+class TrainSettings(BaseModel):
+    max_restarts: int = Field(3, ge=0)
+    master_port: int = Field(29_500, ge=1024, le=65_535)
+    threads_per_worker: int | None = None
+
+
+class ServeSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65_535)
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    runtime_threads: int | None = None
+
+
+class GatewaySettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65_535)
+    policy: Literal["least_outstanding", "round_robin", "consistent_hash"] = "least_outstanding"
+    hash_header: str = "x-session-id"
+    retries: int = Field(2, ge=0)
+    retry_budget: float = Field(0.2, ge=0, le=1)
+    health_interval_s: float = Field(1.0, gt=0)
+    eject_after_failures: int = Field(3, ge=1)
+    require_auth: bool = False
+    rate_limit_per_s: float | None = None
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class ControlSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65_535)
+    reconcile_interval_s: float = Field(1.0, gt=0)
+    restart_backoff_s: float = Field(0.5, gt=0)
+    restart_backoff_max_s: float = Field(10.0, gt=0)
+
+
+class OnlineSettings(BaseModel):
+    batch_size: int = Field(64, ge=1)
+    replay_size: int = Field(2_000, ge=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    steps: int = Field(20, ge=1)
+    holdout_tolerance: float = Field(0.01, ge=0)
+    log_sample_rate: float = Field(1.0, ge=0, le=1)
+    log_retention_s: float = Field(7 * 24 * 3600, gt=0)
+
+
+class Settings(BaseSettings):
+    """Root of all configuration; see the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STRATUM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    home: Path = Path(".stratum")
+    metadata_url: str | None = None
+    artifact_url: str | None = None
+    artifact_options: dict[str, Any] = Field(default_factory=dict)
+    queue_url: str | None = None
+    log_level: str = "INFO"
+
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+
+    @model_validator(mode="after")
+    def _fill_urls(self) -> Settings:
+        # Defaults hang off `home`, so one flag moves the whole embedded installation.
+        home = self.home.expanduser()
+        if self.metadata_url is None:
+            self.metadata_url = f"sqlite:///{(home / 'stratum.db').resolve()}"
+        if self.artifact_url is None:
+            self.artifact_url = str((home / "artifacts").resolve())
+        if self.queue_url is None:
+            self.queue_url = f"sqlite:///{(home / 'queue.db').resolve()}"
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _CONFIG_FILE.get("path")
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    def child_env(self) -> dict[str, str]:
+        """Environment that hands these exact settings to a child process."""
+        return {"STRATUM_SETTINGS_JSON": self.model_dump_json()}
+
+
+# pydantic-settings takes the YAML path at class level; this holds it for one load.
+_CONFIG_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build settings: ``overrides`` (CLI flags) > ``STRATUM_*`` env > YAML file > defaults.
+
+    ``config_file`` falls back to ``STRATUM_CONFIG``. Overrides that are ``None`` are
+    ignored so that unset CLI flags do not mask lower layers.
+
+    >>> load_settings(home="/tmp/x").home
+    PosixPath('/tmp/x')
+    """
+    inherited = os.environ.get("STRATUM_SETTINGS_JSON")
+    if inherited and config_file is None and not overrides:
+        # A child process started by Stratum: take the parent's settings verbatim.
+        return Settings.model_validate_json(inherited)
+    path = config_file or os.environ.get("STRATUM_CONFIG")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    _CONFIG_FILE["path"] = path  # type: ignore[assignment]
+    try:
+        return Settings(**clean)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+    finally:
+        _CONFIG_FILE["path"] = None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" in {path}" if path else ""
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return f"invalid settings{where}: " + "; ".join(parts)

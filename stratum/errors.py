@@ -1,0 +1,108 @@
+"""The exception hierarchy every Stratum layer raises.
+
+Each error carries a message a user can act on: what went wrong, where (file, row,
+column, field, version) and, where it helps, what to do. ``http_status`` lets the HTTP
+layers turn any of them into the same message as JSON without a lookup table.
+"""
+
+from __future__ import annotations
+
+
+class StratumError(Exception):
+    """Base of every error Stratum raises on purpose."""
+
+    http_status: int = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"error": type(self).__name__, "message": self.message}
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+
+class ConfigError(StratumError):
+    """A setting, config file or command-line option is wrong."""
+
+    http_status = 400
+
+
+class InvalidNameError(StratumError):
+    """A name (dataset, model, artifact path, alias) is not allowed."""
+
+    http_status = 400
+
+
+class NotFoundError(StratumError):
+    """A dataset, version, model, alias, deployment or artifact does not exist."""
+
+    http_status = 404
+
+
+class ConflictError(StratumError):
+    """The operation clashes with existing state (a name taken, a port busy)."""
+
+    http_status = 409
+
+
+class DataError(StratumError):
+    """Input data is unreadable, malformed or does not match its schema."""
+
+    http_status = 422
+
+
+class IntegrityError(StratumError):
+    """Stored bytes failed their checksum, or a write could not complete atomically."""
+
+    http_status = 500
+
+
+class TrainingError(StratumError):
+    """Training could not start or could not go on (bad model, NaN loss, dead workers)."""
+
+    http_status = 500
+
+
+class ServingError(StratumError):
+    """A replica, gateway or deployment could not serve."""
+
+    http_status = 503
+
+
+class AuthError(StratumError):
+    """Missing or invalid credentials, or a scope the key does not hold."""
+
+    http_status = 401
+
+
+class PermissionDeniedError(AuthError):
+    http_status = 403
+
+
+class QueueError(StratumError):
+    """The feedback/event queue could not accept or deliver a message."""
+
+    http_status = 503
+
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConflictError",
+    "DataError",
+    "IntegrityError",
+    "InvalidNameError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "QueueError",
+    "ServingError",
+    "StratumError",
+    "TrainingError",
+]

@@ -1,0 +1,59 @@
+"""Foundation storage: the metadata DB, the artifact store and the model registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stratum.config import Settings
+from stratum.store.artifacts import (
+    ArtifactStore,
+    FsspecArtifactStore,
+    LocalArtifactStore,
+    open_artifacts,
+)
+from stratum.store.metadata import MetadataStore
+from stratum.store.registry import (
+    LoadedModel,
+    Lineage,
+    ModelSpec,
+    load_model,
+    parse_ref,
+    register_model,
+)
+
+
+@dataclass
+class Store:
+    """The two stores every component needs, opened from one settings object."""
+
+    meta: MetadataStore
+    artifacts: ArtifactStore
+
+    @classmethod
+    def open(cls, settings: Settings) -> Store:
+        assert settings.metadata_url and settings.artifact_url
+        return cls(
+            meta=MetadataStore.open(settings.metadata_url),
+            artifacts=open_artifacts(
+                settings.artifact_url, settings.artifact_options, settings.home / "cache"
+            ),
+        )
+
+    def close(self) -> None:
+        self.meta.close()
+
+
+__all__ = [
+    "ArtifactStore",
+    "FsspecArtifactStore",
+    "Lineage",
+    "LoadedModel",
+    "LocalArtifactStore",
+    "MetadataStore",
+    "ModelSpec",
+    "Store",
+    "load_model",
+    "open_artifacts",
+    "parse_ref",
+    "register_model",
+]

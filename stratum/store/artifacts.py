@@ -1,0 +1,261 @@
+"""Artifact storage (shards, checkpoints, weights) behind one small Protocol.
+
+Two implementations, picked from the URL: a local folder (the embedded default) and any
+fsspec filesystem such as ``s3://bucket/prefix`` (at scale). Writes are atomic — a local
+temp file renamed into place, or an object PUT / multipart upload that S3 publishes only
+when complete — and every object gets a ``.sha256`` sidecar that reads verify.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol, runtime_checkable
+
+import fsspec
+
+from stratum.errors import ConfigError, IntegrityError, NotFoundError
+from stratum.security.names import validate_artifact_path
+
+_CHUNK = 1 << 20
+SIDECAR = ".sha256"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class PendingWrite:
+    """A file being written; ``digest`` is set once the write is committed."""
+
+    def __init__(self, handle: IO[bytes], local_path: Path) -> None:
+        self.handle = handle
+        self.local_path = local_path
+        self.digest: str | None = None
+
+    def write(self, data: bytes) -> int:
+        return self.handle.write(data)
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    url: str
+
+    def put_file(self, path: str, local_path: str | Path) -> str: ...
+    def put_bytes(self, path: str, data: bytes) -> str: ...
+    def writer(self, path: str) -> Any: ...
+    def get_bytes(self, path: str, *, verify: bool = True) -> bytes: ...
+    def local_copy(self, path: str, *, verify: bool = True) -> Path: ...
+    def checksum(self, path: str) -> str: ...
+    def exists(self, path: str) -> bool: ...
+    def list(self, prefix: str = "") -> list[str]: ...
+    def delete(self, path: str) -> None: ...
+
+
+class _Base:
+    """Shared logic: the sidecar protocol and the streaming writer."""
+
+    url: str
+
+    def _tmp_dir(self) -> Path:
+        raise NotImplementedError
+
+    def _commit(self, path: str, local_path: Path) -> None:
+        raise NotImplementedError
+
+    def _read(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def put_file(self, path: str, local_path: str | Path) -> str:
+        validate_artifact_path(path)
+        digest = sha256_file(local_path)
+        self._commit(path, Path(local_path))
+        self._write_sidecar(path, digest)
+        return digest
+
+    def put_bytes(self, path: str, data: bytes) -> str:
+        with self.writer(path) as w:
+            w.write(data)
+        assert w.digest is not None
+        return w.digest
+
+    @contextmanager
+    def writer(self, path: str) -> Iterator[PendingWrite]:
+        """Stream into a temp file; published under ``path`` only if the block succeeds."""
+        validate_artifact_path(path)
+        tmp_dir = self._tmp_dir()
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".part-")
+        local = Path(tmp)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pending = PendingWrite(fh, local)
+                yield pending
+                fh.flush()
+                os.fsync(fh.fileno())
+            pending.digest = sha256_file(local)
+            self._commit(path, local)
+            self._write_sidecar(path, pending.digest)
+        finally:
+            local.unlink(missing_ok=True)
+
+    def _write_sidecar(self, path: str, digest: str) -> None:
+        tmp_dir = self._tmp_dir()
+        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".sum-")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(digest)
+        try:
+            self._commit(path + SIDECAR, Path(tmp))
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def checksum(self, path: str) -> str:
+        validate_artifact_path(path)
+        try:
+            return self._read(path + SIDECAR).decode().strip()
+        except FileNotFoundError as exc:
+            raise IntegrityError(
+                f"artifact {path} has no checksum; it was never completely written"
+            ) from exc
+
+    def get_bytes(self, path: str, *, verify: bool = True) -> bytes:
+        validate_artifact_path(path)
+        try:
+            data = self._read(path)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"artifact {path} not found in {self.url}") from exc
+        if verify:
+            expected = self.checksum(path)
+            actual = hashlib.sha256(data).hexdigest()
+            if actual != expected:
+                raise IntegrityError(
+                    f"artifact {path} failed its checksum (expected {expected[:12]}…, "
+                    f"got {actual[:12]}…)"
+                )
+        return data
+
+
+class LocalArtifactStore(_Base):
+    """Artifacts in a local folder; temp files live inside it so rename stays atomic."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = str(self.root)
+
+    def _tmp_dir(self) -> Path:
+        return self.root / ".tmp"
+
+    def _path(self, path: str) -> Path:
+        return self.root / validate_artifact_path(path)
+
+    def _commit(self, path: str, local_path: Path) -> None:
+        target = self.root / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if local_path.parent == self._tmp_dir():
+            os.replace(local_path, target)
+        else:  # a caller's file: copy beside the target first, then rename atomically
+            fd, tmp = tempfile.mkstemp(dir=self._tmp_dir(), prefix=".cp-")
+            os.close(fd)
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, target)
+
+    def _read(self, path: str) -> bytes:
+        return (self.root / path).read_bytes()
+
+    def local_copy(self, path: str, *, verify: bool = True) -> Path:
+        p = self._path(path)
+        if not p.exists():
+            raise NotFoundError(f"artifact {path} not found in {self.url}")
+        if verify and sha256_file(p) != self.checksum(path):
+            raise IntegrityError(f"artifact {path} failed its checksum")
+        return p
+
+    def exists(self, path: str) -> bool:
+        return self._path(path).exists()
+
+    def list(self, prefix: str = "") -> list[str]:
+        base = self.root / prefix if prefix else self.root
+        if not base.exists():
+            return []
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(SIDECAR) and ".tmp" not in p.parts
+        )
+
+    def delete(self, path: str) -> None:
+        self._path(path).unlink(missing_ok=True)
+        (self.root / (path + SIDECAR)).unlink(missing_ok=True)
+
+
+class FsspecArtifactStore(_Base):
+    """Artifacts on any fsspec filesystem (S3-compatible via s3fs); local temp, then upload."""
+
+    def __init__(self, url: str, options: dict[str, Any] | None = None,
+                 cache_dir: str | Path | None = None) -> None:
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(self.url, **(options or {}))
+        except (ImportError, ValueError) as exc:
+            raise ConfigError(f"cannot open artifact store {url!r}: {exc}") from exc
+        self.cache = Path(cache_dir or tempfile.gettempdir()) / "stratum-artifact-cache"
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def _tmp_dir(self) -> Path:
+        return self.cache / ".tmp"
+
+    def _full(self, path: str) -> str:
+        return f"{self.base}/{validate_artifact_path(path)}"
+
+    def _commit(self, path: str, local_path: Path) -> None:
+        # A single PUT or a completed multipart upload: readers never see a partial object.
+        self.fs.put_file(str(local_path), self._full(path))
+
+    def _read(self, path: str) -> bytes:
+        data: bytes = self.fs.cat_file(self._full(path))
+        return data
+
+    def local_copy(self, path: str, *, verify: bool = True) -> Path:
+        digest = self.checksum(path)
+        target = self.cache / digest
+        if not target.exists():
+            data = self.get_bytes(path, verify=verify)
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        return target
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(self._full(path)))
+
+    def list(self, prefix: str = "") -> list[str]:
+        root = f"{self.base}/{prefix}".rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        start = len(self.base) + 1
+        return sorted(p[start:] for p in found if not p.endswith(SIDECAR))
+
+    def delete(self, path: str) -> None:
+        for p in (self._full(path), self._full(path) + SIDECAR):
+            if self.fs.exists(p):
+                self.fs.rm_file(p)
+
+
+def open_artifacts(url: str, options: dict[str, Any] | None = None,
+                   cache_dir: str | Path | None = None) -> ArtifactStore:
+    """Pick the implementation from the URL: a plain path or ``file://`` → local folder."""
+    if "://" not in url or url.startswith("file://"):
+        return LocalArtifactStore(url.removeprefix("file://"))
+    return FsspecArtifactStore(url, options, cache_dir)

@@ -1,0 +1,118 @@
+"""The model zoo: torch architectures by name, or a user's ``module:function``.
+
+``build_model(architecture, input_shape, num_outputs, **params)`` is the one seam that
+training, compression and serving use to rebuild a network from a registered spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from stratum.errors import ConfigError
+
+
+def linear(input_shape: Sequence[int], num_outputs: int) -> nn.Module:
+    """Linear/logistic regression and linear SVM share this network; the loss differs."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_outputs))
+
+
+def mlp(input_shape: Sequence[int], num_outputs: int, hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.1) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, num_outputs))
+    return nn.Sequential(*layers)
+
+
+def cnn(input_shape: Sequence[int], num_outputs: int, dropout: float = 0.25) -> nn.Module:
+    """conv32-conv64-dense128: the classic MNIST network."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"cnn needs image input (C, H, W), got shape {list(input_shape)}")
+    c, h, w = input_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Dropout(dropout), nn.Flatten(),
+        nn.Linear(64 * (h // 2) * (w // 2), 128), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(128, num_outputs),
+    )
+
+
+class _Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+        )
+        self.skip: nn.Module = (
+            nn.Identity() if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+def resnet(input_shape: Sequence[int], num_outputs: int,
+           widths: Sequence[int] = (16, 32, 64)) -> nn.Module:
+    """A small ResNet (one basic block per stage) for small images."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"resnet needs image input (C, H, W), got shape {list(input_shape)}")
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False),
+        nn.BatchNorm2d(widths[0]), nn.ReLU(),
+    ]
+    cin = widths[0]
+    for i, w in enumerate(widths):
+        layers.append(_Block(cin, w, 1 if i == 0 else 2))
+        cin = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_outputs)]
+    return nn.Sequential(*layers)
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {
+    "linear": linear,
+    "logistic": linear,
+    "linear_svm": linear,
+    "mlp": mlp,
+    "cnn": cnn,
+    "resnet": resnet,
+}
+
+
+def build_model(architecture: str, input_shape: Sequence[int], num_outputs: int,
+                **params: Any) -> nn.Module:
+    """Build a zoo network by name, or call ``module:function(input_shape, num_outputs, **p)``.
+
+    >>> build_model("mlp", [64], 10, hidden=[32]).__class__.__name__
+    'Sequential'
+    """
+    if ":" in architecture:
+        mod_name, _, fn_name = architecture.partition(":")
+        try:
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import model function {architecture!r}: {exc}") from exc
+        model = fn(input_shape=list(input_shape), num_outputs=num_outputs, **params)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"{architecture} returned {type(model).__name__}, not nn.Module")
+        return model
+    if architecture not in ZOO:
+        raise ConfigError(
+            f"unknown model {architecture!r}",
+            hint=f"choose one of {', '.join(sorted(ZOO))} or give module:function",
+        )
+    try:
+        return ZOO[architecture](list(input_shape), num_outputs, **params)
+    except TypeError as exc:
+        raise ConfigError(f"bad parameters for model {architecture!r}: {exc}") from exc

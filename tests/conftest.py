@@ -1,0 +1,75 @@
+"""Shared fixtures. Our components run as real processes; services are the real ones."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stratum.config import Settings, load_settings
+from stratum.store import Store
+from tests.services import (
+    REDIS_URL,
+    drop_pg_database,
+    free_port,
+    fresh_pg_database,
+    missing_service,
+    started,
+)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded-default settings rooted in a fresh temp home."""
+    return load_settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store.open(settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the machine's server, dropped afterwards."""
+    url, name = fresh_pg_database()
+    yield url
+    drop_pg_database(name)
+
+
+@pytest.fixture
+def redis_url() -> str:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except Exception as exc:  # noqa: BLE001
+        missing_service("Redis at " + REDIS_URL, exc)
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's S3 server as a real process on 127.0.0.1; yields its endpoint URL."""
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.fail("moto_server is not installed; `make test` installs it with the dev extra")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with started([exe, "-H", "127.0.0.1", "-p", str(port)], ready_url=url + "/moto-api/",
+                 log=log):
+        yield url
+
+
+@pytest.fixture
+def s3_options(s3_server: str) -> dict[str, object]:
+    return {
+        "key": "test", "secret": "test",
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
