@@ -48,7 +48,7 @@ def redis_url() -> str:
         import redis
 
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         missing_service("Redis at " + REDIS_URL, exc)
     return REDIS_URL
 

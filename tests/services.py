@@ -106,7 +106,7 @@ def fresh_pg_database() -> tuple[str, str]:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
         admin.dispose()
-    except Exception as exc:  # noqa: BLE001 - any failure means the service is unusable
+    except Exception as exc:
         missing_service("PostgreSQL at " + PG_ADMIN_URL, exc)
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name, name
 

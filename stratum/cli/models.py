@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from rich.table import Table
 
@@ -21,7 +23,7 @@ def list_models(
     meta = get_ctx(ctx).store.meta
     versions = meta.model_versions(name)
     alias_map = {n: meta.aliases(n) for n in {mv.name for mv in versions}}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"name": mv.name, "version": mv.version, "created_at": mv.created_at.isoformat(),
          "aliases": sorted(a for a, v in alias_map[mv.name].items() if v == mv.version),
          "metrics": mv.metrics, "architecture": mv.spec.get("architecture")}
@@ -84,7 +86,9 @@ def history(
 ) -> None:
     """Registrations, alias moves and promotion decisions for one model, newest first."""
     events = get_ctx(ctx).store.meta.events(subject=name, limit=limit)
-    rows = [{"ts": e.ts.isoformat(), "kind": e.kind, "payload": e.payload} for e in events]
+    rows: list[dict[str, Any]] = [
+        {"ts": e.ts.isoformat(), "kind": e.kind, "payload": e.payload} for e in events
+    ]
     if as_json:
         print_json(rows)
         return

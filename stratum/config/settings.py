@@ -95,12 +95,12 @@ class Settings(BaseSettings):
     queue_url: str | None = None
     log_level: str = "INFO"
 
-    data: DataSettings = Field(default_factory=DataSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    serve: ServeSettings = Field(default_factory=ServeSettings)
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    control: ControlSettings = Field(default_factory=ControlSettings)
-    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    data: DataSettings = Field(default_factory=lambda: DataSettings())
+    train: TrainSettings = Field(default_factory=lambda: TrainSettings())
+    serve: ServeSettings = Field(default_factory=lambda: ServeSettings())
+    gateway: GatewaySettings = Field(default_factory=lambda: GatewaySettings())
+    control: ControlSettings = Field(default_factory=lambda: ControlSettings())
+    online: OnlineSettings = Field(default_factory=lambda: OnlineSettings())
 
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:
@@ -151,9 +151,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if inherited and config_file is None and not overrides:
         # A child process started by Stratum: take the parent's settings verbatim.
         return Settings.model_validate_json(inherited)
-    path = config_file or os.environ.get("STRATUM_CONFIG")
+    raw = config_file or os.environ.get("STRATUM_CONFIG")
+    path = Path(raw) if raw is not None else None
     if path is not None:
-        path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
@@ -161,7 +161,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     clean = {k: v for k, v in overrides.items() if v is not None}
-    _CONFIG_FILE["path"] = path  # type: ignore[assignment]
+    _CONFIG_FILE["path"] = path
     try:
         return Settings(**clean)
     except ValidationError as exc:

@@ -13,8 +13,8 @@ from stratum.store.artifacts import (
 )
 from stratum.store.metadata import MetadataStore
 from stratum.store.registry import (
-    LoadedModel,
     Lineage,
+    LoadedModel,
     ModelSpec,
     load_model,
     parse_ref,

@@ -208,7 +208,9 @@ class MetadataStore:
     # -- model registry -----------------------------------------------------------------
     def next_model_version(self, name: str) -> int:
         with self.session() as s:
-            top = s.scalar(select(func.max(m.ModelVersion.version)).where(m.ModelVersion.name == name))
+            top = s.scalar(
+                select(func.max(m.ModelVersion.version)).where(m.ModelVersion.name == name)
+            )
             return int(top or 0) + 1
 
     def add_model_version(
