@@ -58,6 +58,19 @@ class DataError(StratumError):
     http_status = 422
 
 
+class BadRequestError(StratumError):
+    """A request is malformed: not JSON, a field missing or of the wrong kind."""
+
+    http_status = 400
+
+
+class SignatureError(DataError):
+    """Well-formed input that does not match a model's signature (shape, dtype, feature
+    names)."""
+
+    http_status = 422
+
+
 class IntegrityError(StratumError):
     """Stored bytes failed their checksum, or a write could not complete atomically."""
 
@@ -94,6 +107,7 @@ class QueueError(StratumError):
 
 __all__ = [
     "AuthError",
+    "BadRequestError",
     "ConfigError",
     "ConflictError",
     "DataError",
@@ -103,6 +117,7 @@ __all__ = [
     "PermissionDeniedError",
     "QueueError",
     "ServingError",
+    "SignatureError",
     "StratumError",
     "TrainingError",
 ]

@@ -61,13 +61,25 @@ def register(app: typer.Typer) -> None:
             t.add_row(mdl["name"], str(mdl["versions"]), f"v{mdl['latest']}", aliases or "-")
         console.print(t)
         t = Table(title="Deployments")
-        for col in ("name", "status", "wanted", "replicas"):
+        for col in ("name", "status", "wanted", "replicas", "traffic", "gateway"):
             t.add_column(col)
         for dep in data["deployments"]:
-            replicas = dep["observed"].get("replicas", [])
-            healthy = sum(1 for r in replicas if r.get("healthy"))
-            t.add_row(dep["name"], dep["status"], str(dep["spec"].get("model", "-")),
-                      f"{healthy}/{len(replicas)} healthy")
+            spec, obs = dep["spec"], dep["observed"]
+            replicas = obs.get("replicas", [])
+            per_version: dict[int, list[int]] = {}
+            for r in replicas:  # version -> [healthy, total]
+                n = per_version.setdefault(r.get("version", 0), [0, 0])
+                n[0] += bool(r.get("healthy"))
+                n[1] += 1
+            wanted = f"{spec.get('model', '-')}@v{spec.get('version', '?')} x{spec.get('replicas')}"
+            if spec.get("canary"):
+                wanted += f" +v{spec['canary']['version']} {spec['canary']['percent']:g}%"
+            traffic = ", ".join(f"v{x['version']} {'shadow' if x.get('shadow') else x['weight']}"
+                                f"{'' if x.get('shadow') else '%'}" for x in obs.get("traffic", []))
+            t.add_row(dep["name"], dep["status"], wanted,
+                      ", ".join(f"v{v}: {h}/{n} healthy" for v, (h, n) in
+                                sorted(per_version.items())) or "-",
+                      traffic or "-", (obs.get("gateway") or {}).get("url") or "-")
         console.print(t)
         if data["events"]:
             t = Table(title="Recent events")

@@ -44,6 +44,14 @@ class ServeSettings(BaseModel):
     max_wait_ms: float = Field(2.0, ge=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     runtime_threads: int | None = None
+    # torch.compile the network at load (slower start, sometimes faster forward).
+    compile: bool = False
+    # How long /admin/drain and a retiring version wait for requests in flight.
+    drain_timeout_s: float = Field(30.0, gt=0)
+    # The replica's GIL switch interval. The forward thread needs the GIL back after
+    # every torch op while a busy event loop holds it; Python's 5 ms default can stall
+    # each op that long.
+    switch_interval_ms: float = Field(0.5, gt=0)
 
 
 class GatewaySettings(BaseModel):
@@ -58,6 +66,13 @@ class GatewaySettings(BaseModel):
     require_auth: bool = False
     rate_limit_per_s: float | None = None
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Token-bucket depth per key; None → one second's worth of rate_limit_per_s.
+    rate_limit_burst: float | None = Field(None, gt=0)
+    upstream_timeout_s: float = Field(30.0, gt=0)
+    # How long a verified (or unknown) API key is trusted before the store is asked again;
+    # also the bound on how late a revocation takes effect.
+    auth_cache_s: float = Field(5.0, ge=0)
+    shadow_max_inflight: int = Field(64, ge=0)
 
 
 class ControlSettings(BaseModel):
@@ -66,6 +81,9 @@ class ControlSettings(BaseModel):
     reconcile_interval_s: float = Field(1.0, gt=0)
     restart_backoff_s: float = Field(0.5, gt=0)
     restart_backoff_max_s: float = Field(10.0, gt=0)
+    # A replica of a version never seen ready gets this many starts before the update fails.
+    start_attempts: int = Field(2, ge=1)
+    ready_timeout_s: float = Field(120.0, gt=0)
 
 
 class OnlineSettings(BaseModel):
@@ -74,8 +92,36 @@ class OnlineSettings(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     steps: int = Field(20, ge=1)
     holdout_tolerance: float = Field(0.01, ge=0)
+    # A challenger is made once this many new feedback rows arrived, or once the oldest
+    # unused one waited max_wait_s, or at once when drift fires.
+    update_every: int = Field(256, ge=1)
+    max_wait_s: float = Field(5.0, gt=0)
+    # The recent-feedback window the gate judges on; one row in eval_every is kept out of
+    # fine-tuning so both models are judged on rows neither was trained on.
+    recent_window: int = Field(2_000, ge=20)
+    eval_every: int = Field(4, ge=2)
+    min_eval_rows: int = Field(20, ge=1)
+    # One-sided McNemar z the challenger's gain on recent feedback must reach.
+    z_min: float = Field(1.645, ge=0)
+    holdout_rows: int = Field(2_000, ge=10)
+    promote_alias: str = "production"
+    # Feedback stays leased (unacked) until the update that uses it is committed; a
+    # learner killed mid-batch gets it back after this long.
+    visibility_timeout_s: float = Field(120.0, gt=0)
+    # How often a replica writes the inputs it served to the request log.
+    capture_flush_ms: float = Field(20.0, gt=0)
     log_sample_rate: float = Field(1.0, ge=0, le=1)
     log_retention_s: float = Field(7 * 24 * 3600, gt=0)
+    # Input columns (feature names) masked before a request is logged.
+    log_pii_columns: list[str] = Field(default_factory=list)
+    # Drift: rows per window, PSI above which a feature drifted, KS significance level
+    # (Bonferroni-corrected over features), share of drifted features that raises an
+    # alert, and the drop of feedback accuracy below the baseline that raises one.
+    drift_window: int = Field(500, ge=20)
+    drift_psi_threshold: float = Field(0.2, gt=0)
+    drift_ks_alpha: float = Field(0.01, gt=0, lt=1)
+    drift_feature_fraction: float = Field(0.1, gt=0, le=1)
+    accuracy_drop: float = Field(0.1, gt=0, le=1)
 
 
 class Settings(BaseSettings):

@@ -67,6 +67,12 @@ class _Base:
     url: str
 
     def _tmp_dir(self) -> Path:
+        """The folder for temp files, created on first use (a fresh store has none)."""
+        tmp = self._tmp_root()
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    def _tmp_root(self) -> Path:
         raise NotImplementedError
 
     def _commit(self, path: str, local_path: Path) -> None:
@@ -92,9 +98,7 @@ class _Base:
     def writer(self, path: str) -> Iterator[PendingWrite]:
         """Stream into a temp file; published under ``path`` only if the block succeeds."""
         validate_artifact_path(path)
-        tmp_dir = self._tmp_dir()
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=".part-")
+        fd, tmp = tempfile.mkstemp(dir=self._tmp_dir(), prefix=".part-")
         local = Path(tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -152,7 +156,7 @@ class LocalArtifactStore(_Base):
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
 
-    def _tmp_dir(self) -> Path:
+    def _tmp_root(self) -> Path:
         return self.root / ".tmp"
 
     def _path(self, path: str) -> Path:
@@ -211,7 +215,7 @@ class FsspecArtifactStore(_Base):
         self.cache = Path(cache_dir or tempfile.gettempdir()) / "stratum-artifact-cache"
         self.cache.mkdir(parents=True, exist_ok=True)
 
-    def _tmp_dir(self) -> Path:
+    def _tmp_root(self) -> Path:
         return self.cache / ".tmp"
 
     def _full(self, path: str) -> str:

@@ -142,3 +142,27 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64), index=True)
     subject: Mapped[str] = mapped_column(String(200))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# -- LOOP: request log (migration 0002) ---------------------------------------------------
+class RequestRecord(Base):
+    """Inputs of one served request, kept for the feedback join until ``expires_at``."""
+
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_model_ts", "model", "ts"),)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    inputs: Mapped[Any] = mapped_column(JSON)
+    prediction: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+
+class ProcessedMessage(Base):
+    """A queue message a consumer has applied; makes at-least-once delivery apply once."""
+
+    __tablename__ = "processed_messages"
+    consumer: Mapped[str] = mapped_column(String(128), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

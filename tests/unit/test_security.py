@@ -3,7 +3,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stratum.errors import InvalidNameError
-from stratum.security import generate_key, hash_key, validate_artifact_path, validate_name, verify_key
+from stratum.security import (
+    generate_key,
+    hash_key,
+    validate_artifact_path,
+    validate_name,
+    verify_key,
+)
 from stratum.security.keys import key_id_of
 
 

@@ -1,0 +1,222 @@
+"""Serving benchmark: the in-process forward limit, then one replica and the gateway with
+two replicas, at 1 and 64 concurrent single-sample OIP JSON requests.
+
+    .venv/bin/python bench/serve.py                 # both models, gateway if available
+    .venv/bin/python bench/serve.py --models cnn --duration 5 --no-gateway
+
+Load comes from wrk (C, one thread, a Lua script that prints a JSON summary), so the load
+generator spends no Python time of its own: `apt-get install -y wrk`. Weights are
+untrained — throughput does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stratum.config import Settings, load_settings  # noqa: E402
+from stratum.store import ModelSpec, Store, register_model  # noqa: E402
+from stratum.train.zoo import build_model  # noqa: E402
+from tests.services import free_port, started  # noqa: E402
+
+MODELS = {  # bench name -> (registered name, architecture, input shape)
+    "cnn": ("mnist", "cnn", [1, 28, 28]),
+    "mlp": ("digits", "mlp", [64]),
+}
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+REPEAT = 1  # set from --repeat
+
+LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
+done = function(s, latency, requests)
+  local e = s.errors
+  io.write(string.format(
+    '\nBENCH {"requests": %d, "duration_us": %d, "errors": %d, "non2xx": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n',
+    s.requests, s.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def in_process_limit(arch: str, shape: list[int], seconds: float) -> dict[int, float]:
+    """Samples/s of softmax(net(x)) at each batch size, all cores, no HTTP."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    net = build_model(arch, shape, 10).eval()
+    out: dict[int, float] = {}
+    with torch.inference_mode():
+        for b in [b for _ in range(REPEAT) for b in BATCHES]:
+            x = torch.randn(b, *shape)
+            for _ in range(3):
+                torch.softmax(net(x), 1).numpy()
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                torch.softmax(net(x), 1).numpy()
+                n += b
+            out[b] = max(out.get(b, 0.0), n / (time.perf_counter() - t0))
+    return out
+
+
+def register(settings: Settings) -> None:
+    store = Store.open(settings)
+    torch.manual_seed(0)
+    for name, arch, shape in MODELS.values():
+        net = build_model(arch, shape, 10)
+        spec = ModelSpec(architecture=arch, input_shape=shape, classes=list(range(10)))
+        register_model(store.meta, store.artifacts, name, spec, weights=net.state_dict())
+    store.close()
+
+
+def body_file(tmp: Path, name: str, shape: list[int]) -> Path:
+    rng = np.random.default_rng(0)
+    data = [round(float(v), 4) for v in rng.random(math.prod(shape))]
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, *shape],
+                       "data": data}]}
+    path = tmp / f"{name}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
+           "-s", str(lua), url]
+    res = subprocess.run(cmd, env={**os.environ, "BENCH_BODY": str(body)},
+                         capture_output=True, text=True, check=True)
+    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("BENCH "))
+    s = json.loads(line[6:])
+    return {"rps": s["requests"] / (s["duration_us"] / 1e6), "p50_ms": s["p50_us"] / 1e3,
+            "p99_ms": s["p99_us"] / 1e3, "failed": s["errors"] + s["non2xx"]}
+
+
+def measure(url: str, body: Path, lua: Path, seconds: float) -> dict[int, dict[str, float]]:
+    wrk(url, body, lua, 64, 2)  # warm: connections, allocator, branch predictors
+    # Best of REPEAT runs by req/s: on a shared machine the other tenants only ever slow
+    # a run down, so the fastest run is the closest to what the code can do.
+    return {c: max((wrk(url, body, lua, c, seconds) for _ in range(REPEAT)),
+                   key=lambda r: r["rps"]) for c in (1, 64)}
+
+
+def replica_cmd(model: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "stratum.serve", "--model", f"{model}@1", "--port", str(port)]
+
+
+def run_replica(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
+                logs: Path) -> dict[int, dict[str, float]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with started(replica_cmd(model, port), ready_url=base + "/v2/health/ready", env=env,
+                 log=logs / f"replica-{model}.log"):
+        return measure(f"{base}/v2/models/{model}/infer", body, lua, seconds)
+
+
+def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
+                logs: Path) -> dict[int, dict[str, float]]:
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    with started(replica_cmd(model, ports[0]), ready_url=urls[0] + "/v2/health/ready",
+                 env=env, log=logs / f"r0-{model}.log"), \
+         started(replica_cmd(model, ports[1]), ready_url=urls[1] + "/v2/health/ready",
+                 env=env, log=logs / f"r1-{model}.log"):
+        gport = free_port()
+        cmd = [sys.executable, "-m", "stratum.gateway", "--port", str(gport)]
+        for u in urls:
+            cmd += ["--replica", u]
+        gbase = f"http://127.0.0.1:{gport}"
+        with started(cmd, ready_url=gbase + "/v2/health/ready", env=env,
+                     log=logs / f"gateway-{model}.log"):
+            return measure(f"{gbase}/v2/models/{model}/infer", body, lua, seconds)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="cnn,mlp")
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    ap.add_argument("--limit-seconds", type=float, default=1.0, help="per batch size")
+    ap.add_argument("--no-gateway", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="serve.runtime_threads")
+    ap.add_argument("--max-batch", type=int, default=None, help="serve.max_batch_size")
+    ap.add_argument("--max-wait-ms", type=float, default=None, help="serve.max_wait_ms")
+    ap.add_argument("--repeat", type=int, default=1, help="best of N runs per figure")
+    ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = ap.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: `apt-get install -y wrk` (Debian) or build it from "
+              "source; the bench needs a load generator that is not Python.", file=sys.stderr)
+        return 2
+    gateway = not args.no_gateway and importlib.util.find_spec("stratum.gateway.__main__")
+    tmp = Path(tempfile.mkdtemp(prefix="stratum-bench-"))
+    serve = {k: v for k, v in {"runtime_threads": args.threads, "max_batch_size": args.max_batch,
+                               "max_wait_ms": args.max_wait_ms}.items() if v is not None}
+    settings = load_settings(home=tmp / "home", log_level="WARNING", serve=serve)
+    register(settings)
+    env = {**settings.child_env(), "PYTHONPATH": str(ROOT)}
+    lua = tmp / "post.lua"
+    lua.write_text(LUA)
+    results: dict[str, dict[str, object]] = {}
+    for key in args.models.split(","):
+        model, arch, shape = MODELS[key]
+        print(f"== {key} ({model}: {arch} {shape})", flush=True)
+        limits = in_process_limit(arch, shape, args.limit_seconds)
+        best = max(limits.values())
+        print("  in-process samples/s by batch: "
+              + ", ".join(f"{b}:{v:,.0f}" for b, v in limits.items()), flush=True)
+        body = body_file(tmp, model, shape)
+        rows: dict[str, object] = {"limit": best, "limit_by_batch": limits}
+        paths = [("replica", run_replica)] + ([("gateway+2", run_gateway)] if gateway else [])
+        for label, fn in paths:
+            res = fn(env, model, body, lua, args.duration, tmp)
+            rows[label] = res
+            for c, r in res.items():
+                print(f"  {label:10s} c={c:<3d} {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
+                      f"  p99 {r['p99_ms']:6.2f} ms  ratio {r['rps'] / best:.2f}"
+                      f"  failed {r['failed']:.0f}", flush=True)
+        if not gateway:
+            print("  gateway: not measured (stratum.gateway is not available)")
+        results[key] = rows
+    print(table(results))
+    print(f"\nload generator: wrk 1 thread; {os.cpu_count()} cores; best of {REPEAT}; "
+          f"load average after: {os.getloadavg()[0]:.1f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def table(results: dict[str, dict[str, object]]) -> str:
+    lines = ["", "| model | path | conc | req/s | p50 ms | p99 ms | ratio to limit |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, rows in results.items():
+        best = float(rows["limit"])  # type: ignore[arg-type]
+        lines.append(f"| {key} | in-process limit | - | {best:,.0f} samples/s | | | 1.00 |")
+        for label in ("replica", "gateway+2"):
+            res = rows.get(label)
+            if not isinstance(res, dict):
+                continue
+            for c, r in res.items():
+                lines.append(f"| {key} | {label} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                             f"{r['p99_ms']:.2f} | {r['rps'] / best:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""A client of the control plane's admin API, as the CLI uses it; it starts the control
+plane in the background when none is running."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from stratum.config import Settings
+from stratum.control.discovery import read_record
+from stratum.control.procs import free_port, port_free
+from stratum.errors import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServingError,
+    StratumError,
+)
+
+_BY_STATUS: dict[int, type[StratumError]] = {
+    401: AuthError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
+}
+
+
+class ControlClient:
+    def __init__(self, settings: Settings, api_key: str | None = None) -> None:
+        self.settings = settings
+        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._url: str | None = None
+
+    # -- finding or starting the control plane ----------------------------------------------
+    def url(self, start: bool = True) -> str:
+        if self._url is None:
+            rec = read_record(self.settings)
+            if rec is not None and self._healthy(rec["url"], wait=5.0):
+                self._url = str(rec["url"])
+            elif start:
+                self._url = self._start()
+            else:
+                raise ServingError("no control plane is running",
+                                   hint="`stratum deploy` starts one")
+        return self._url
+
+    def _healthy(self, url: str, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def _start(self) -> str:
+        """Start ``python -m stratum.control`` detached (own session, log under home)."""
+        cfg = self.settings.control
+        port = cfg.port if port_free(cfg.host, cfg.port) else free_port(cfg.host)
+        home = self.settings.home.expanduser().resolve()
+        (home / "logs").mkdir(parents=True, exist_ok=True)
+        with open(home / "logs" / "control.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "stratum.control", "--host", cfg.host, "--port",
+                 str(port)], env={**os.environ, **self.settings.child_env()},
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        url = f"http://{cfg.host}:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (home / "logs" / "control.log").read_text(errors="replace")[-800:]
+                raise ServingError(f"the control plane exited with {proc.returncode}: {tail}")
+            if self._healthy(url, wait=0):
+                return url
+            time.sleep(0.2)
+        raise ServingError(f"the control plane did not answer on {url} within 60 s",
+                           hint=f"see {home / 'logs' / 'control.log'}")
+
+    # -- calls --------------------------------------------------------------------------------
+    def call(self, method: str, path: str, json: Any = None, start: bool = True) -> Any:
+        try:
+            r = httpx.request(method, self.url(start) + path, json=json, headers=self.headers,
+                              timeout=30.0)
+        except httpx.HTTPError as exc:
+            raise ServingError(f"the control plane did not answer: {exc}") from exc
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                message, hint = body.get("message") or str(body), body.get("hint")
+            except ValueError:
+                message, hint = r.text, None
+            raise _BY_STATUS.get(r.status_code, ServingError)(message, hint=hint)
+        return r.json()
+
+    def deploy(self, **request: Any) -> dict[str, Any]:
+        out: dict[str, Any] = self.call("POST", "/deployments", request)
+        return out
+
+    def wait_ready(self, name: str, generation: int, timeout: float = 300.0,
+                   progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll until the deployment serves ``generation`` (or a later one) and is ready;
+        raise ServingError with the supervisor's reason when that generation failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dep: dict[str, Any] = self.call("GET", f"/deployments/{name}")
+            obs = dep.get("observed") or {}
+            if progress is not None:
+                progress(dep)
+            err = obs.get("last_error") or {}
+            if err.get("generation", -1) >= generation and (
+                    dep["generation"] > generation or obs.get("status") == "failed"):
+                raise ServingError(err.get("message", "the deployment failed"),
+                                   hint="the previous version keeps serving; "
+                                        "see `stratum status`")
+            if obs.get("generation", 0) >= generation and obs.get("status") == "ready":
+                return dep
+            if time.monotonic() > deadline:
+                raise ServingError(f"deployment {name} not ready after {timeout:.0f}s",
+                                   hint="see `stratum status` and the logs under home/logs")
+            time.sleep(0.3)

@@ -1,0 +1,120 @@
+"""The wanted state of a deployment, as stored by ``store.meta.put_deployment``.
+
+References are resolved to version numbers when a deployment is written, so a later alias
+move does not silently change what runs: ``stratum deploy mnist@production`` pins the
+version ``production`` named at that moment (deploy again to follow the alias).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from stratum.errors import ConfigError, ConflictError
+from stratum.security.names import validate_name
+from stratum.store import parse_ref
+from stratum.store.metadata import MetadataStore
+
+
+class VersionRef(BaseModel):
+    ref: str  # what the user typed: "3", "production", "latest"
+    version: int
+
+
+class CanarySpec(VersionRef):
+    percent: float = Field(gt=0, lt=100)
+
+
+class DeploymentSpec(BaseModel):
+    model: str
+    ref: str
+    version: int
+    replicas: int = Field(1, ge=1, le=64)
+    port: int = Field(ge=1, le=65_535)
+    canary: CanarySpec | None = None
+    shadow: VersionRef | None = None
+    previous: VersionRef | None = None  # what `stratum rollback` goes back to
+    policy: str | None = None
+
+    def versions(self) -> dict[int, int]:
+        """``{version: replicas wanted}``: the primary's count, one for a canary/shadow."""
+        out = {self.version: self.replicas}
+        for extra in (self.canary, self.shadow):
+            if extra is not None and extra.version not in out:
+                out[extra.version] = 1
+        return out
+
+    def describe(self) -> str:
+        text = f"{self.model}@v{self.version} x{self.replicas}"
+        if self.canary:
+            text += f" + canary v{self.canary.version} {self.canary.percent:g}%"
+        if self.shadow:
+            text += f" + shadow v{self.shadow.version}"
+        return text
+
+
+def parse_canary(text: str) -> tuple[str, str | None, float]:
+    """``"mnist@5:10"`` → ``("mnist", "5", 10.0)``."""
+    ref, sep, pct = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"canary {text!r} must look like NAME@VERSION:PERCENT, e.g. mnist@5:10")
+    try:
+        percent = float(pct)
+    except ValueError as exc:
+        raise ConfigError(f"canary percent {pct!r} is not a number") from exc
+    if not 0 < percent < 100:
+        raise ConfigError(f"canary percent must be between 0 and 100 (exclusive), got {pct}")
+    name, version = parse_ref(ref)
+    return name, version, percent
+
+
+def resolve(meta: MetadataStore, model: str, ref: str | None, what: str = "model") -> VersionRef:
+    validate_name(model, f"{what} name")
+    mv = meta.model_version(model, ref)  # NotFoundError (404) names the missing version
+    return VersionRef(ref=ref or "latest", version=mv.version)
+
+
+def build_spec(
+    meta: MetadataStore, model_ref: str, *, current: DeploymentSpec | None,
+    replicas: int | None, port: int | None, default_port: int,
+    canary: str | None = None, shadow: str | None = None, policy: str | None = None,
+) -> DeploymentSpec:
+    """The new wanted state from a deploy request and the current spec (if any)."""
+    model, ref = parse_ref(model_ref)
+    main = resolve(meta, model, ref)
+    can = sha = None
+    if canary:
+        c_model, c_ref, pct = parse_canary(canary)
+        if c_model != model:
+            raise ConfigError(f"the canary must be a version of {model}, not {c_model}")
+        c = resolve(meta, c_model, c_ref, "canary")
+        can = CanarySpec(ref=c.ref, version=c.version, percent=pct)
+    if shadow:
+        s_model, s_ref = parse_ref(shadow)
+        if s_model != model:
+            raise ConfigError(f"the shadow must be a version of {model}, not {s_model}")
+        sha = resolve(meta, s_model, s_ref, "shadow")
+    previous = current.previous if current else None
+    if current is not None and current.version != main.version:
+        previous = VersionRef(ref=current.ref, version=current.version)
+    return DeploymentSpec(
+        model=model, ref=main.ref, version=main.version,
+        replicas=replicas or (current.replicas if current else 1),
+        port=port or (current.port if current else default_port),
+        canary=can, shadow=sha, previous=previous,
+        policy=policy if policy is not None else (current.policy if current else None),
+    )
+
+
+def rolled_back(spec: DeploymentSpec) -> DeploymentSpec:
+    if spec.previous is None:
+        raise ConflictError(f"{spec.model} has no previous version to roll back to")
+    return spec.model_copy(update={
+        "ref": spec.previous.ref, "version": spec.previous.version, "canary": None,
+        "previous": VersionRef(ref=spec.ref, version=spec.version),
+    })
+
+
+def load_spec(raw: dict[str, Any] | None) -> DeploymentSpec | None:
+    return DeploymentSpec.model_validate(raw) if raw else None

@@ -1,0 +1,76 @@
+"""``python -m stratum.gateway --port P [--replica URL ...] [--name DEPLOYMENT]``
+
+Static mode (``--replica``, as the benches use it) routes every model name to the given
+replicas. Otherwise the table starts from the deployment's last observed routes in the
+store (so a restarted gateway serves at once) and the supervisor PUTs ``/admin/routes``
+whenever the replica set or the traffic split changes. Settings come from
+``STRATUM_SETTINGS_JSON``; ``STRATUM_GATEWAY_TOKEN`` (set by the supervisor) lets the
+supervisor reach ``/admin/*`` when API keys are required.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import uvicorn
+import uvloop
+
+from stratum.config import load_settings
+from stratum.errors import StratumError
+from stratum.gateway.app import Gateway
+from stratum.gateway.server import GatewayServer
+from stratum.gateway.traffic import RoutesSpec, static_routes
+from stratum.store.metadata import MetadataStore
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m stratum.gateway", description=__doc__)
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--replica", action="append", default=[], metavar="URL",
+                   help="a replica URL; repeat for several (static routing)")
+    p.add_argument("--name", default=None, help="the deployment this gateway fronts")
+    p.add_argument("--uvicorn", action="store_true",
+                   help="serve the ASGI app on uvicorn instead of the built-in server")
+    args = p.parse_args(argv)
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s gateway %(levelname)s %(message)s")
+    meta = None
+    if settings.gateway.require_auth or (args.name and not args.replica):
+        assert settings.metadata_url
+        meta = MetadataStore.open(settings.metadata_url)
+    routes = static_routes(args.replica)
+    if not args.replica and args.name and meta is not None:
+        routes = _observed_routes(meta, args.name)
+    try:
+        app = Gateway(settings, routes, meta=meta, name=args.name,
+                      admin_token=os.environ.get("STRATUM_GATEWAY_TOKEN"))
+    except StratumError as exc:
+        raise SystemExit(f"gateway: {exc}") from exc
+    host = args.host or settings.gateway.host
+    port = args.port if args.port is not None else settings.gateway.port
+    if args.uvicorn:
+        uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools",
+                    log_level="warning", access_log=False, server_header=False,
+                    date_header=False, proxy_headers=False, lifespan="on", backlog=4096,
+                    timeout_keep_alive=30)
+        return
+    try:
+        uvloop.run(GatewayServer(app, host, port).serve())
+    except OSError as exc:  # most often: the port is taken
+        raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc}") from exc
+
+
+def _observed_routes(meta: MetadataStore, name: str) -> RoutesSpec:
+    try:
+        raw = meta.deployment(name).observed.get("routes")
+        return RoutesSpec.model_validate(raw) if raw else RoutesSpec()
+    except (StratumError, ValueError):
+        return RoutesSpec()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""The gateway as a raw ASGI app: the public routes of a replica, forwarded as bytes.
+
+Per request the hot path does: a request id, (when configured) an API-key check from a
+cache and a token bucket, the body read under a size limit, a weighted group choice, a
+balancer pick, one HTTP/1.1 exchange on a pooled connection, and a retry on another replica
+if that failed at the connection level or with a 5xx. The body is never parsed: the
+replica validates it and its 4xx passes through unchanged.
+
+Local routes: ``/v2/health/live``, ``/v2/health/ready`` (some replica is healthy),
+``/metrics``, ``GET|PUT /admin/routes`` (the supervisor installs the routing table here)
+and ``GET /admin/info``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from stratum.config import Settings
+from stratum.errors import NotFoundError, ServingError, StratumError
+from stratum.gateway.auth import KeyChecker, RateLimiter, presented_key, scope_for
+from stratum.gateway.health import Health
+from stratum.gateway.metrics import GatewayMetrics
+from stratum.gateway.retry import RetryBudget, should_retry
+from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
+from stratum.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
+from stratum.store.metadata import MetadataStore
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_FORWARD = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent"))
+# Request ids: a random per-process prefix and a counter — unique, and cheaper than uuid4.
+_ID_PREFIX = os.urandom(6).hex()
+_ids = itertools.count()
+
+
+@dataclass(slots=True)
+class Call:
+    """One request, whichever server received it (uvicorn's ASGI or ``server.py``)."""
+
+    method: str
+    path: str  # percent-decoded, for routing
+    target: str  # path and query exactly as sent, for forwarding
+    headers: dict[bytes, bytes]  # names lower-case
+    client: str | None
+    read_body: Callable[[], Awaitable[bytes]]
+
+
+class PayloadTooLargeError(StratumError):
+    http_status = 413
+
+
+class _BadRequest(StratumError):
+    http_status = 400
+
+
+def _route_label(path: str) -> str:
+    if path.endswith("/infer"):
+        return "infer"
+    if path.endswith(":predict"):
+        return "predict"
+    if path.endswith("/feedback"):
+        return "feedback"
+    return "metadata" if path.startswith(("/v2/models/", "/v1/models/")) else "other"
+
+
+def _model_of(path: str) -> str | None:
+    if path.startswith(("/v2/models/", "/v1/models/")):
+        return path[11:].split("/", 1)[0].split(":", 1)[0] or None
+    return None
+
+
+class Gateway:
+    """``Gateway(settings, routes)`` is the ASGI callable; serve it with uvicorn."""
+
+    def __init__(
+        self, settings: Settings, routes: RoutesSpec | None = None, *,
+        meta: MetadataStore | None = None, name: str | None = None,
+        admin_token: str | None = None,
+    ) -> None:
+        g = self.cfg = settings.gateway
+        self.name = name
+        self.table = RouteTable(routes or RoutesSpec(), g.policy, {})
+        self.health = Health(g.eject_after_failures, g.health_interval_s)
+        self.budget = RetryBudget(g.retry_budget)
+        self.metrics = GatewayMetrics()
+        if g.require_auth and meta is None:
+            raise ServingError("gateway.require_auth is on but no metadata store was given")
+        self.keys = KeyChecker(meta, g.auth_cache_s) if g.require_auth and meta else None
+        self.limiter = (RateLimiter(g.rate_limit_per_s, g.rate_limit_burst)
+                        if g.rate_limit_per_s else None)
+        self.admin_token = admin_token
+        self._hash_header = g.hash_header.lower().encode()
+        self._forward = _FORWARD | {self._hash_header}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shadow_inflight = 0
+
+    # -- ASGI -----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                self.start_background()
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.stop_background()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def start_background(self) -> None:
+        """Start the active health checks (call once, on the serving loop)."""
+        task = asyncio.create_task(self.health.run(lambda: self.table.upstreams.values()))
+        self._tasks.add(task)
+
+    async def stop_background(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for up in self.table.upstreams.values():
+            up.close()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        client = scope.get("client")
+
+        async def read_body() -> bytes:
+            chunks = []
+            size, limit = 0, self.cfg.max_body_bytes
+            while True:
+                msg = await receive()
+                chunk = msg.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLargeError(f"the body is over the {limit}-byte limit",
+                                               hint="send fewer samples per request")
+                chunks.append(chunk)
+                if not msg.get("more_body"):
+                    return b"".join(chunks)
+
+        call = Call(scope["method"], scope["path"], target.decode("latin-1"),
+                    dict(scope["headers"]), client[0] if client else None, read_body)
+        status, headers, body = await self.handle(call)
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def handle(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Answer one request: ``(status, headers, body)``; every error becomes JSON."""
+        t0 = time.perf_counter()
+        headers = call.headers
+        rid = headers.get(b"x-request-id")
+        if not rid or len(rid) > 128:
+            rid = f"{_ID_PREFIX}{next(_ids):010x}".encode()
+            headers[b"x-request-id"] = rid
+        try:
+            status, out_headers, body = await self._dispatch(call)
+        except StratumError as exc:
+            status, out_headers, body = exc.http_status, _JSON, orjson.dumps(exc.to_dict())
+        out = list(out_headers)
+        if not any(k == b"x-request-id" for k, _ in out):
+            out.append((b"x-request-id", rid))
+        self.metrics.observe(_route_label(call.path), status, time.perf_counter() - t0)
+        return status, out, body
+
+    async def _dispatch(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        path = call.path
+        local = self._local(call.method, path)
+        if local is not None and not path.startswith("/admin/"):
+            return await local(call)
+        await self._admit(call)
+        if local is not None:
+            return await local(call)
+        body = await self._read_body(call)
+        model = _model_of(path)
+        table = self.table
+        pool = table.pool(model) if model else (table.wildcard or next(
+            iter(table.pools.values()), None))
+        if pool is None:
+            if model is None and not path.startswith(("/v1/", "/v2")):
+                raise NotFoundError(f"no route {path}")
+            raise NotFoundError(
+                f"model {model!r} is not deployed behind this gateway",
+                hint=f"deployed: {', '.join(sorted(table.pools)) or 'none'}")
+        headers = call.headers
+        fwd = [(k, v) for k, v in headers.items() if k in self._forward]
+        resp = await self._forward_with_retry(pool, call.method, call.target, fwd, body,
+                                              headers.get(self._hash_header))
+        if pool.shadow is not None:
+            self._mirror(pool, call.method, call.target, fwd, body)
+        return resp.status, resp.headers, resp.body
+
+    async def _admit(self, call: Call) -> None:
+        """Authentication, scope and rate limit; raises 401/403/429."""
+        who: str
+        headers = call.headers
+        token = headers.get(b"x-stratum-admin-token")
+        if (self.admin_token and token is not None and call.path.startswith("/admin/")
+                and hmac.compare_digest(token, self.admin_token.encode())):
+            return  # the supervisor that started this gateway
+        if self.keys is not None:
+            scope_name = scope_for(call.path) or "predict"
+            who = await self.keys.authorize(presented_key(headers), scope_name)
+        else:
+            who = call.client or "anonymous"
+        if self.limiter is not None:
+            self.limiter.check(who)
+
+    async def _read_body(self, call: Call) -> bytes:
+        limit = self.cfg.max_body_bytes
+        declared = call.headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLargeError(
+                f"the body has {int(declared)} bytes; the limit is {limit}",
+                hint="send fewer samples per request")
+        return await call.read_body()
+
+    # -- forwarding ------------------------------------------------------------------------
+    async def _forward_with_retry(
+        self, pool: Pool, method: str, target: str, fwd: list[tuple[bytes, bytes]],
+        body: bytes, key: bytes | None,
+    ) -> UpstreamResponse:
+        group = pool.choose_group(random.random())
+        tried: list[Upstream] = []
+        last: UpstreamResponse | None = None
+        error: str = "no replica is in the routing table"
+        self.budget.on_request()
+        timeout = self.cfg.upstream_timeout_s
+        for attempt in range(1 + self.cfg.retries):
+            up = self._pick(pool, group, tried, key)
+            if up is None:
+                break
+            tried.append(up)
+            up.outstanding += 1
+            up.requests += 1
+            try:
+                resp = await up.request(method, target, fwd, body, timeout)
+            except UpstreamError as exc:
+                self.health.on_failure(up, connection_level=True)
+                self.metrics.upstream_errors.labels("connection").inc()
+                error = str(exc)
+            else:
+                if not should_retry(resp.status):
+                    self.health.on_success(up)
+                    return resp
+                self.health.on_failure(up, connection_level=False)
+                self.metrics.upstream_errors.labels(f"{resp.status}").inc()
+                last = resp
+            finally:
+                up.outstanding -= 1
+            if attempt < self.cfg.retries:
+                if not self.budget.can_retry():
+                    self.metrics.retry_refused.inc()
+                    break
+                self.metrics.retries.inc()
+        if last is not None:
+            return last
+        raise ServingError(f"no replica could answer: {error}",
+                           hint="see `stratum status` for replica health")
+
+    def _pick(self, pool: Pool, group: Group, tried: list[Upstream],
+              key: bytes | None) -> Upstream | None:
+        cands = group.candidates(tried)
+        if cands:
+            return group.balancer.pick(cands, key)
+        for other in pool.groups:  # the chosen version has nobody left: try the other one
+            cands = other.candidates(tried)
+            if cands:
+                return other.balancer.pick(cands, key)
+        return None
+
+    def _mirror(self, pool: Pool, method: str, target: str, fwd: list[tuple[bytes, bytes]],
+                body: bytes) -> None:
+        """Fire and forget a copy to the shadow group; dropped when too many are pending."""
+        group = pool.mirror()
+        if group is None:
+            return
+        if self._shadow_inflight >= self.cfg.shadow_max_inflight:
+            self.metrics.shadow.labels("dropped").inc()
+            return
+        cands = group.candidates(())
+        if not cands:
+            self.metrics.shadow.labels("dropped").inc()
+            return
+        up = group.balancer.pick(cands, None)
+        self._shadow_inflight += 1
+        task = asyncio.create_task(self._shadow_call(up, method, target, fwd, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shadow_call(self, up: Upstream, method: str, target: str,
+                           fwd: list[tuple[bytes, bytes]], body: bytes) -> None:
+        try:
+            resp = await up.request(method, target, [*fwd, (b"x-stratum-shadow", b"1")], body,
+                                    self.cfg.upstream_timeout_s)
+            self.metrics.shadow.labels("ok" if resp.status < 500 else "error").inc()
+        except UpstreamError:
+            self.metrics.shadow.labels("error").inc()
+        finally:
+            self._shadow_inflight -= 1
+
+    # -- local routes ----------------------------------------------------------------------
+    def _local(self, method: str, path: str) -> Callable[[Call], Awaitable[
+            tuple[int, list[tuple[bytes, bytes]], bytes]]] | None:
+        if path == "/v2/health/live":
+            return self._live
+        if path == "/v2/health/ready":
+            return self._ready
+        if path == "/metrics":
+            return self._metrics
+        if path == "/admin/routes":
+            return self._put_routes if method == "PUT" else self._get_routes
+        if path == "/admin/info":
+            return self._info
+        return None
+
+    async def _live(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, _JSON, b'{"live":true}'
+
+    async def _ready(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        ok = any(u.healthy for u in self.table.upstreams.values())
+        return (200 if ok else 503), _JSON, orjson.dumps({"ready": ok})
+
+    async def _metrics(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        ups = self.table.upstreams.values()
+        self.metrics.replicas.set(len(ups))
+        self.metrics.healthy.set(sum(1 for u in ups if u.healthy))
+        return 200, [(b"content-type", b"text/plain; version=0.0.4")], self.metrics.render()
+
+    async def _get_routes(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return 200, _JSON, orjson.dumps(self.table.describe())
+
+    async def _info(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        ups = self.table.upstreams.values()
+        return 200, _JSON, orjson.dumps({
+            "role": "gateway", "name": self.name, "pid": os.getpid(), "etag": self.table.etag,
+            "replicas": len(ups), "healthy": sum(1 for u in ups if u.healthy),
+            "retries": {"spent": self.budget.spent, "refused": self.budget.refused},
+        })
+
+    async def _put_routes(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        body = await self._read_body(call)
+        try:
+            spec = RoutesSpec.model_validate_json(body)
+        except ValidationError as exc:
+            raise _BadRequest(f"invalid routes: {exc.errors(include_url=False)}") from exc
+        self.install(spec)
+        return 200, _JSON, orjson.dumps(self.table.describe())
+
+    def install(self, spec: RoutesSpec) -> None:
+        """Swap in a new routing table atomically; replicas that left get their idle
+        connections closed (requests in flight on them finish)."""
+        old = self.table
+        self.table = RouteTable(spec, self.cfg.policy, old.upstreams)
+        for url, up in old.upstreams.items():
+            if url not in self.table.upstreams:
+                up.close()
+        log.info("routes installed: etag %s, %d replica(s)", self.table.etag,
+                 len(self.table.upstreams))

@@ -1,0 +1,155 @@
+"""The routing table: per model, one or two weighted version groups (canary) and an
+optional shadow group that receives a fire-and-forget copy of the traffic.
+
+The table is replaced whole and atomically (one attribute assignment) when the supervisor
+PUTs ``/admin/routes``; replicas are kept by URL across tables, so a route update keeps
+their warm connections and health state.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from pydantic import BaseModel, Field, field_validator
+
+from stratum.gateway.balancer import POLICIES, Balancer, make_balancer
+from stratum.gateway.upstream import Upstream
+
+WILDCARD = "*"  # a pool that serves any model name (static `--replica` mode)
+
+
+class GroupSpec(BaseModel):
+    version: int | None = None
+    weight: float = Field(100.0, ge=0)
+    replicas: list[str] = Field(default_factory=list)
+
+
+class ShadowSpec(BaseModel):
+    version: int | None = None
+    percent: float = Field(100.0, ge=0, le=100)
+    replicas: list[str] = Field(min_length=1)
+
+
+class PoolSpec(BaseModel):
+    groups: list[GroupSpec] = Field(min_length=1, max_length=2)
+    shadow: ShadowSpec | None = None
+
+
+class RoutesSpec(BaseModel):
+    """What the supervisor PUTs to ``/admin/routes`` (and what ``--replica`` builds)."""
+
+    deployments: dict[str, PoolSpec] = Field(default_factory=dict)
+    policy: str | None = None  # None: the gateway's configured policy
+
+    @field_validator("policy")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is not None and v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; use one of {', '.join(POLICIES)}")
+        return v
+
+    def etag(self) -> str:
+        raw = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+
+@dataclass(eq=False)
+class Group:
+    version: int | None
+    weight: float
+    replicas: list[Upstream]
+    balancer: Balancer
+
+    def candidates(self, exclude: Sequence[Upstream]) -> list[Upstream]:
+        """Healthy replicas not yet tried; failing that (panic), any not yet tried."""
+        healthy = [u for u in self.replicas if u.healthy and u not in exclude]
+        return healthy or [u for u in self.replicas if u not in exclude]
+
+
+@dataclass(eq=False)
+class Pool:
+    name: str
+    groups: list[Group]
+    shadow: Group | None
+    shadow_percent: float
+    _cum: list[float]
+
+    def choose_group(self, rnd: float) -> Group:
+        """A group by weight; ``rnd`` in [0, 1). A group with no healthy replica gives its
+        share to the other one rather than fail requests."""
+        if len(self.groups) == 1:
+            return self.groups[0]
+        g = self.groups[bisect.bisect(self._cum, rnd * self._cum[-1])
+                        if self._cum[-1] > 0 else 0]
+        if any(u.healthy for u in g.replicas):
+            return g
+        for other in self.groups:
+            if any(u.healthy for u in other.replicas):
+                return other
+        return g
+
+    def mirror(self) -> Group | None:
+        if self.shadow is None or not self.shadow.replicas:
+            return None
+        if self.shadow_percent >= 100 or random.random() * 100 < self.shadow_percent:
+            return self.shadow
+        return None
+
+
+class RouteTable:
+    """An immutable snapshot of the routes; build a new one to change anything."""
+
+    def __init__(self, spec: RoutesSpec, policy: str, known: dict[str, Upstream]) -> None:
+        self.spec = spec
+        self.etag = spec.etag()
+        self.policy = spec.policy or policy
+        self.pools: dict[str, Pool] = {}
+        self.upstreams: dict[str, Upstream] = {}
+        for name, ps in spec.deployments.items():
+            groups = [self._group(g.version, g.weight, g.replicas, known) for g in ps.groups]
+            cum, total = [], 0.0
+            for g in groups:
+                total += g.weight
+                cum.append(total)
+            shadow = (self._group(ps.shadow.version, 0, ps.shadow.replicas, known)
+                      if ps.shadow else None)
+            self.pools[name] = Pool(name, groups, shadow,
+                                    ps.shadow.percent if ps.shadow else 0.0, cum)
+        self.wildcard = self.pools.get(WILDCARD)
+
+    def _group(self, version: int | None, weight: float, urls: Iterable[str],
+               known: dict[str, Upstream]) -> Group:
+        ups = []
+        for url in urls:
+            up = Upstream(url)  # normalises the URL
+            up = known.get(up.url) or self.upstreams.get(up.url) or up
+            self.upstreams[up.url] = up
+            ups.append(up)
+        return Group(version, weight, ups, make_balancer(self.policy))
+
+    def pool(self, model: str) -> Pool | None:
+        return self.pools.get(model) or self.wildcard
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "etag": self.etag,
+            "policy": self.policy,
+            "routes": self.spec.model_dump(mode="json"),
+            "replicas": {
+                u.url: {"healthy": u.healthy, "outstanding": u.outstanding,
+                        "requests": u.requests, "errors": u.errors}
+                for u in self.upstreams.values()
+            },
+        }
+
+
+def static_routes(replicas: Sequence[str]) -> RoutesSpec:
+    """The table of ``python -m stratum.gateway --replica URL ...``: one wildcard pool."""
+    if not replicas:
+        return RoutesSpec()
+    return RoutesSpec(deployments={WILDCARD: PoolSpec(groups=[GroupSpec(replicas=list(replicas))])})

@@ -1,0 +1,379 @@
+"""The online learner: feedback in, a gated challenger out.
+
+One loop (``Learner.run``, or ``step`` at a time):
+
+1. lease a micro-batch of feedback from the queue and join it with the logged inputs;
+   score the served prediction against the label (prequential accuracy, drift);
+2. once ``update_every`` new rows arrived (or the oldest waited ``max_wait_s``, or drift
+   fired), fine-tune a challenger from the ``production`` champion on the recent window
+   plus a replay sample of the training data;
+3. score both on the held-out test split and on the recent rows kept out of fine-tuning;
+   register the challenger with lineage (parent version, feedback range) and let the gate
+   decide; on a win move ``production`` to it (the supervisor of a deployment that
+   follows the alias rolls the replicas onto it);
+4. in one transaction claim the feedback it used (apply-once) and record the decision;
+   only then ack the messages. A learner killed anywhere before the commit gets the same
+   messages again after their lease; one killed after it skips them as already applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from stratum.config import Settings
+from stratum.data import open_dataset
+from stratum.data.preprocessing import Pipeline
+from stratum.data.signature import Signature
+from stratum.errors import ConfigError, NotFoundError, StratumError
+from stratum.monitor.alerts import Alert, AlertManager
+from stratum.monitor.drift import DriftMonitor, ReferenceProfile
+from stratum.monitor.metrics import Metrics
+from stratum.online.feedback import feedback_stream
+from stratum.online.gate import Decision, decide
+from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
+from stratum.queue import Message, ProcessedIds, Queue, open_queue
+from stratum.store import Lineage, Store, load_model, register_model
+from stratum.store.requests import LoggedRequest, RequestLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Row:
+    request_id: str
+    x: np.ndarray  # model-ready inputs of the request (one row per instance)
+    y: np.ndarray  # class indices or values
+    held_out: bool  # kept out of fine-tuning; the gate judges on it
+
+
+@dataclass
+class Champion:
+    version: int
+    model: OnlineModel
+    signature: Signature
+    preprocessing: Any
+    holdout_score: float
+    dataset_version_id: int | None
+
+
+@dataclass
+class Update:
+    """The outcome of one challenger: its version and the gate's decision."""
+
+    version: int
+    parent: int
+    decision: Decision
+    rows: int
+    trigger: str
+    seconds: float
+    promoted_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "parent": self.parent, "rows": self.rows,
+                "trigger": self.trigger, "seconds": round(self.seconds, 3),
+                **self.decision.to_dict()}
+
+
+@dataclass
+class Stats:
+    received: int = 0  # feedback messages taken from the queue
+    applied: int = 0  # feedback rows committed into an update
+    skipped: int = 0  # already applied (a redelivery) or unusable
+    expired: int = 0  # the request's inputs were no longer logged
+    served_correct: int = 0
+    served_scored: int = 0
+    updates: list[Update] = field(default_factory=list)
+
+    @property
+    def prequential_accuracy(self) -> float | None:
+        return self.served_correct / self.served_scored if self.served_scored else None
+
+
+class Learner:
+    """Online learning for one model name; see the module docstring."""
+
+    def __init__(self, settings: Settings, store: Store, model: str, *,
+                 queue: Queue | None = None,
+                 on_update: Callable[[Update], None] | None = None) -> None:
+        self.settings, self.cfg, self.store, self.name = settings, settings.online, store, model
+        assert settings.queue_url
+        self.queue = queue or open_queue(settings.queue_url, feedback_stream(model))
+        self.log = RequestLog.from_settings(settings, store.meta)
+        self.processed = ProcessedIds(store.meta.engine, f"learner:{model}")
+        self.consumer = f"learner-{model}"
+        self.metrics = Metrics.create("learner")
+        self.alerts = AlertManager(store.meta, metrics=self.metrics, cooldown_s=60.0)
+        self.on_update = on_update
+        self.stats = Stats()
+        self.window: deque[Row] = deque()
+        self._window_rows = 0
+        self._pending: dict[str, tuple[Row | None, list[str]]] = {}  # request id → row, msgs
+        self._pending_since: float | None = None
+        self._drifted = False
+        self._drift_seen_at: datetime | None = None
+        self.champion = self._load_champion()
+        self.drift.baseline_accuracy = self.champion.holdout_score
+
+    # -- champion and reference data --------------------------------------------------
+    def _load_champion(self, version: int | None = None) -> Champion:
+        meta, alias = self.store.meta, self.cfg.promote_alias
+        try:
+            mv = meta.model_version(self.name, version if version is not None else alias)
+        except NotFoundError as exc:
+            raise ConfigError(
+                f"{self.name} has no {alias!r} version to learn from",
+                hint=f"promote one first: stratum models alias {self.name}@VERSION {alias}",
+            ) from exc
+        loaded = load_model(meta, self.store.artifacts, self.name, mv.version)
+        model = load_online_model(loaded)
+        pipeline = Pipeline.from_artifacts(*loaded.preprocessing) if loaded.preprocessing \
+            else None
+        lineage = loaded.spec.lineage
+        if not hasattr(self, "holdout"):
+            self._load_reference(lineage)
+        return Champion(mv.version, model, Signature.from_spec(loaded.spec, pipeline),
+                        loaded.preprocessing, score(model, *self.holdout),
+                        mv.dataset_version_id)
+
+    def _load_reference(self, lineage: Lineage) -> None:
+        """Holdout (the dataset's test split), replay sample and drift profile."""
+        if not lineage.dataset:
+            raise ConfigError(f"{self.name} has no dataset in its lineage; the learner needs "
+                              "its test split as holdout and its training data for replay")
+        ref = f"{lineage.dataset}@{lineage.dataset_version}" if lineage.dataset_version \
+            else lineage.dataset
+        ds = open_dataset(self.store, ref)
+        rng = np.random.default_rng(0)
+        xt, yt = ds.load("test")
+        keep = rng.permutation(len(xt))[: self.cfg.holdout_rows]
+        self.holdout = (xt[keep], yt[keep])
+        xr, yr = ds.load("train")
+        keep = rng.permutation(len(xr))[: self.cfg.replay_size]
+        self.replay = (xr[keep], yr[keep])
+        profile = ReferenceProfile.fit(xr[keep].reshape(len(keep), -1))
+        self.drift = DriftMonitor.from_settings(profile, self.cfg, model=self.name,
+                                                metrics=self.metrics)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, stop: threading.Event | None = None, *, idle_wait_s: float = 0.5) -> None:
+        """Learn until ``stop`` is set (or forever)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                self.step(wait_s=idle_wait_s)
+            except StratumError as exc:  # e.g. a locked store: log and go on
+                log.warning("learner step failed: %s", exc)
+                stop.wait(1.0)
+
+    def step(self, wait_s: float = 0.0) -> Update | None:
+        """Take what feedback there is; make a challenger when one is due."""
+        self._follow_champion()
+        msgs = self.queue.get(max_items=max(self.cfg.batch_size, 1),
+                              visibility_timeout_s=self.cfg.visibility_timeout_s,
+                              consumer=self.consumer, wait_s=wait_s)
+        if msgs:
+            self._take(msgs)
+        self._check_input_drift()
+        trigger = self._due()
+        return self.update(trigger) if trigger else None
+
+    def _take(self, msgs: list[Message]) -> None:
+        fresh: dict[str, list[Message]] = {}
+        for msg in msgs:
+            rid = str(msg.payload.get("request_id", ""))
+            if rid in self._pending:  # our own lease ran out and came back: same row
+                self._pending[rid][1].append(msg.id)
+                continue
+            fresh.setdefault(rid, []).append(msg)
+        if not fresh:
+            return
+        self.stats.received += sum(len(v) for v in fresh.values())
+        done = self.processed.seen(list(fresh))
+        if done:  # applied before a crash, not acked: skip them
+            self.stats.skipped += len(done)
+            self.queue.ack([m.id for rid in done for m in fresh.pop(rid)])
+        logged = self.log.get_many(list(fresh))
+        correct_flags: list[bool] = []
+        for rid, group in fresh.items():
+            ids = [m.id for m in group]
+            row = self._row(rid, group[0].payload, logged.get(rid))
+            self._pending[rid] = (row, ids)
+            if row is not None:
+                served = np.asarray((logged[rid].prediction or {}).get("classes", []))
+                if self.champion.model.spec.task == "classification" and len(served) == len(
+                        row.y):
+                    classes = np.asarray(self.champion.model.spec.classes or [], dtype=object)
+                    flags = [str(classes[c]) == str(s) for c, s in zip(row.y, served,
+                                                                       strict=True)]
+                    correct_flags += flags
+        if self._pending_since is None and self._pending:
+            self._pending_since = time.monotonic()
+        if correct_flags:
+            self.stats.served_correct += sum(correct_flags)
+            self.stats.served_scored += len(correct_flags)
+            self._fire(self.drift.observe_outcomes(correct_flags))
+
+    def _row(self, rid: str, payload: dict[str, Any], logged: LoggedRequest | None
+             ) -> Row | None:
+        if logged is None:
+            self.stats.expired += 1
+            log.info("feedback for %s: its inputs are no longer logged; skipped", rid)
+            return None
+        spec = self.champion.model.spec
+        try:
+            instances = logged.inputs if isinstance(logged.inputs, list) else [logged.inputs]
+            x = self.champion.signature.from_instances(instances)
+            labels = payload.get("labels", [])
+            if spec.task == "classification":
+                index = {str(c): i for i, c in enumerate(spec.classes or [])}
+                y = np.asarray([index[str(v)] for v in labels], dtype=np.int64)
+            else:
+                y = np.asarray(labels, dtype=np.float32)
+            if len(y) != len(x):
+                raise ValueError(f"{len(y)} labels for {len(x)} instances")
+        except (StratumError, KeyError, ValueError, TypeError) as exc:
+            self.stats.skipped += 1
+            log.warning("feedback for %s cannot be used: %s", rid, exc)
+            return None
+        held_out = zlib.crc32(rid.encode()) % self.cfg.eval_every == 0
+        return Row(rid, x, y, held_out)
+
+    def _due(self) -> str | None:
+        rows = sum(len(r.y) for r, _ in self._pending.values() if r is not None)
+        if not self._pending:
+            return None
+        if self._drifted:
+            return "drift"
+        if rows >= self.cfg.update_every:
+            return "batch"
+        if self._pending_since is not None and \
+                time.monotonic() - self._pending_since >= self.cfg.max_wait_s:
+            return "timer"
+        return None
+
+    # -- one update -----------------------------------------------------------------------
+    def update(self, trigger: str = "manual") -> Update | None:
+        """Fine-tune, judge, register, decide, then commit and ack the feedback used."""
+        t0 = time.perf_counter()
+        pending, self._pending, self._pending_since = self._pending, {}, None
+        self._drifted = False
+        rows = [r for r, _ in pending.values() if r is not None]
+        for r in rows:
+            self.window.append(r)
+            self._window_rows += len(r.y)
+        while self._window_rows > self.cfg.recent_window and len(self.window) > 1:
+            self._window_rows -= len(self.window.popleft().y)
+        msg_ids = [i for _, ids in pending.values() for i in ids]
+        keys = list(pending)
+        result: Update | None = None
+        train = [r for r in self.window if not r.held_out]
+        judge = [r for r in self.window if r.held_out]
+        if rows and train:
+            result = self._challenge(train, judge, rows, trigger, t0)
+        with self.store.meta.session() as s:
+            new = self.processed.claim(keys, session=s)
+            used = [pending[k][0] for k in new]
+            applied = sum(len(r.y) for r in used if r is not None)
+            self.store.meta.add_event("online.feedback", self.name, {
+                "requests": len(new), "rows": applied, "trigger": trigger,
+                "challenger": result.version if result else None}, session=s)
+        self.stats.applied += applied
+        self.stats.skipped += len(keys) - len(new)
+        self.queue.ack(msg_ids)
+        if result is not None:
+            self.stats.updates.append(result)
+            if self.on_update:
+                self.on_update(result)
+        return result
+
+    def _challenge(self, train: list[Row], judge: list[Row], new: list[Row], trigger: str,
+                   t0: float) -> Update:
+        champ = self.champion
+        x = np.concatenate([r.x for r in train])
+        y = np.concatenate([r.y for r in train])
+        how = FineTune(self.cfg.steps, self.cfg.learning_rate, self.cfg.batch_size,
+                       seed=len(self.stats.updates))
+        challenger = champ.model.finetune(x, y, *self.replay, how)
+        jx = np.concatenate([r.x for r in judge]) if judge else x[:0]
+        jy = np.concatenate([r.y for r in judge]) if judge else y[:0]
+        decision = decide(correct(champ.model, jx, jy), correct(challenger, jx, jy),
+                          champion_holdout=champ.holdout_score,
+                          challenger_holdout=score(challenger, *self.holdout),
+                          tolerance=self.cfg.holdout_tolerance, z_min=self.cfg.z_min,
+                          min_rows=self.cfg.min_eval_rows)
+        mv = self._register(challenger, decision, new, trigger)
+        update = Update(mv.version, champ.version, decision, sum(len(r.y) for r in new),
+                        trigger, time.perf_counter() - t0)
+        meta = self.store.meta
+        meta.add_event("online.decision", self.name, update.to_dict())
+        if decision.promote:
+            meta.set_alias(self.name, self.cfg.promote_alias, mv.version,
+                           reason=f"online learner: {decision.reason}")
+            update.promoted_at = time.time()
+            self.champion = Champion(mv.version, challenger, champ.signature,
+                                     champ.preprocessing, decision.challenger_holdout,
+                                     champ.dataset_version_id)
+        log.info("challenger v%d of %s: %s — %s", mv.version, self.name,
+                 "promoted" if decision.promote else "kept as candidate", decision.reason)
+        return update
+
+    def _register(self, model: OnlineModel, decision: Decision, new: list[Row],
+                  trigger: str) -> Any:
+        champ = self.champion
+        parent = champ.model.spec
+        metric = "accuracy" if parent.task == "classification" else "r2"
+        spec = parent.model_copy(update={
+            "metrics": {metric: decision.challenger_holdout,
+                        f"recent_{metric}": decision.challenger_recent},
+            "lineage": parent.lineage.model_copy(update={
+                "parent_version": champ.version, "run_id": None,
+                "extra": {"online": {"trigger": trigger,
+                                     "feedback_rows": sum(len(r.y) for r in new),
+                                     "first_request": new[0].request_id,
+                                     "last_request": new[-1].request_id,
+                                     "window_rows": self._window_rows}}}),
+        })
+        parent_row = self.store.meta.model_version(self.name, champ.version)
+        return register_model(
+            self.store.meta, self.store.artifacts, self.name, spec, **model.weights(),
+            preprocessing=champ.preprocessing, parent_id=parent_row.id,
+            dataset_version_id=champ.dataset_version_id, aliases=("candidate",))
+
+    # -- drift and the champion elsewhere --------------------------------------------------
+    def _check_input_drift(self) -> None:
+        recent = self.log.since(self.name, self._drift_seen_at, limit=self.cfg.drift_window)
+        if not recent:
+            return
+        self._drift_seen_at = recent[-1].ts
+        xs = []
+        for r in recent:
+            try:
+                xs.append(self.champion.signature.from_instances(
+                    r.inputs if isinstance(r.inputs, list) else [r.inputs]))
+            except StratumError:
+                continue
+        if xs:
+            self._fire(self.drift.observe(np.concatenate(xs)))
+
+    def _fire(self, alerts: list[Alert]) -> None:
+        if alerts:
+            self.alerts.fire(alerts)
+            self._drifted = True  # an update is due at once
+
+    def _follow_champion(self) -> None:
+        """Someone else moved the alias (a rollback, a manual promote): learn from that."""
+        current = self.store.meta.aliases(self.name).get(self.cfg.promote_alias)
+        if current is not None and current != self.champion.version:
+            log.info("%s moved to v%d outside the learner; following", self.cfg.promote_alias,
+                     current)
+            self.champion = self._load_champion(current)

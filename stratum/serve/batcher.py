@@ -1,0 +1,153 @@
+"""Dynamic batching: coalesce concurrent requests into one forward pass.
+
+Requests arrive on the event loop as arrays of ``n`` rows. The loop below takes whatever
+is pending (up to ``max_batch_size`` rows), optionally waits up to ``max_wait_ms`` for
+company when the batch is small, runs ONE forward pass in a worker thread — so the event
+loop keeps parsing the next requests while the model computes — and hands every request
+exactly its own rows of the result.
+
+Under load no timer is needed: requests pile up while the previous batch computes, and
+the next batch takes them all. ``max_wait_ms`` only matters for a lightly loaded replica,
+where it trades a little latency for bigger batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(slots=True)
+class _Item:
+    x: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+class Batcher:
+    """``await batcher.submit(x)`` returns ``forward(x)``, computed inside a shared batch.
+
+    ``on_batch(rows)`` is called once per forward pass (metrics); ``queue_depth`` is the
+    number of rows waiting.
+    """
+
+    def __init__(
+        self, forward: Forward, *, max_batch_size: int, max_wait_ms: float,
+        executor: Executor | None = None, on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.forward = forward
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.executor = executor
+        self.on_batch = on_batch
+        self.queue_depth = 0
+        self._pending: deque[_Item] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._only_when_full = False
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- public ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def submit(self, x: np.ndarray) -> np.ndarray:
+        """Queue ``x`` (n rows) and wait for its n rows of output."""
+        if self._closing or self._task is None:
+            raise RuntimeError("batcher is not running")
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Item(x, fut))
+        self.queue_depth += len(x)
+        if not self._only_when_full or self.queue_depth >= self.max_batch_size:
+            self._wake()
+        return await fut
+
+    async def close(self) -> None:
+        """Finish everything already submitted, then stop."""
+        self._closing = True
+        self._wake()
+        if self._task is not None:
+            await self._task
+
+    # -- the loop -------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        busy = False  # did a pass just finish? then whatever is pending has waited already
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                busy = False
+                await self._sleep(loop, None, only_when_full=False)
+                continue
+            if not busy and self.max_wait_s > 0 and self.queue_depth < self.max_batch_size:
+                # An idle replica got its first request: give others a moment to join.
+                await self._sleep(loop, self.max_wait_s, only_when_full=True)
+            await self._compute(loop, self._take())
+            busy = True
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout: float | None, *,
+                     only_when_full: bool) -> None:
+        """Sleep until submit() wakes us (on any request, or only once the batch is full)
+        or ``timeout`` passes."""
+        self._wakeup = loop.create_future()
+        self._only_when_full = only_when_full
+        timer = loop.call_later(timeout, self._wake) if timeout is not None else None
+        try:
+            await self._wakeup
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._wakeup = None
+            self._only_when_full = False
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _take(self) -> list[_Item]:
+        """Pop pending items up to max_batch_size rows (always at least one item)."""
+        batch = [self._pending.popleft()]
+        rows = len(batch[0].x)
+        while self._pending and rows + len(self._pending[0].x) <= self.max_batch_size:
+            item = self._pending.popleft()
+            batch.append(item)
+            rows += len(item.x)
+        self.queue_depth -= rows
+        return batch
+
+    async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        xs = [it.x for it in batch]
+        try:
+            y = await loop.run_in_executor(self.executor, _stack_and_forward, self.forward, xs)
+        except Exception as exc:  # every waiter must hear about the failure
+            log.exception("forward pass failed for a batch of %d requests", len(batch))
+            for it in batch:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(len(y))
+        start = 0
+        for it in batch:
+            n = len(it.x)
+            if not it.future.done():  # a cancelled client leaves a done future behind
+                it.future.set_result(y[start:start + n])
+            start += n
+
+
+def _stack_and_forward(forward: Forward, xs: list[np.ndarray]) -> np.ndarray:
+    x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    y = forward(x)
+    if len(y) != len(x):
+        raise RuntimeError(f"forward returned {len(y)} rows for {len(x)} inputs")
+    return y

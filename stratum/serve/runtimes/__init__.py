@@ -1,0 +1,1 @@
+"""Runtime implementations (PyTorch, ONNX Runtime, scikit-learn); see ``serve.runtime``."""

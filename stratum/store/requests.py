@@ -1,0 +1,185 @@
+"""The request log: what a model saw, keyed by request id, for the feedback join.
+
+Replicas and the gateway log sampled requests (``log``, or ``log_many`` batched off the
+hot path); the feedback route and the online learner look them up (``get``,
+``get_many``). Sampling is decided by a hash of the request id, so every process makes
+the same choice for one request. Columns declared PII are masked before anything is
+stored. A row lives ``retention_s`` seconds; an expired row is invisible to ``get`` at
+once and removed by ``purge_expired``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import sessionmaker
+
+from stratum.config import Settings
+from stratum.errors import DataError
+from stratum.security.masking import mask
+from stratum.store.metadata import MetadataStore
+from stratum.store.models import RequestRecord, utcnow
+
+# Rows per INSERT statement in log_many; keeps statements under driver parameter limits.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One logged request, as stored (inputs already masked)."""
+
+    request_id: str
+    model: str
+    version: int | None
+    inputs: Any
+    prediction: Any
+    ts: datetime
+
+
+class RequestLog:
+    """Sampled, masked, expiring log of request inputs over the metadata database."""
+
+    def __init__(
+        self, store: MetadataStore | Engine, *, sample_rate: float = 1.0,
+        retention_s: float = 7 * 24 * 3600, pii_columns: Collection[str] = (),
+        mask_key: bytes | None = None,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise DataError(f"request log sample rate must be in [0, 1], got {sample_rate}")
+        self.engine = store.engine if isinstance(store, MetadataStore) else store
+        self.sample_rate = sample_rate
+        self.retention = timedelta(seconds=retention_s)
+        self.pii_columns = frozenset(pii_columns)
+        self.mask_key = mask_key
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: MetadataStore | Engine) -> RequestLog:
+        o = settings.online
+        return cls(store, sample_rate=o.log_sample_rate, retention_s=o.log_retention_s,
+                   pii_columns=o.log_pii_columns)
+
+    def sampled(self, request_id: str) -> bool:
+        """Whether ``request_id`` falls in the sample (the same answer in every process)."""
+        if self.sample_rate >= 1.0:
+            return True
+        h = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big")
+        return h / 2**64 < self.sample_rate
+
+    def log(
+        self, request_id: str, model: str, version: int | None, inputs: Any, prediction: Any,
+        ts: datetime | None = None, *, feature_names: Sequence[str] | None = None,
+    ) -> bool:
+        """Log one request; returns False when it was not sampled (or already logged)."""
+        entry = LoggedRequest(request_id, model, version, inputs, prediction, ts or utcnow())
+        return self.log_many([entry], feature_names=feature_names) == 1
+
+    def log_many(
+        self, entries: Iterable[LoggedRequest | Mapping[str, Any]], *,
+        feature_names: Sequence[str] | None = None,
+    ) -> int:
+        """Log a batch in few statements; returns how many rows were written.
+
+        Entries are ``LoggedRequest`` or mappings with its field names (``ts`` optional).
+        A request id logged before is skipped, so a retried batch is harmless.
+        """
+        rows = []
+        for e in entries:
+            entry = e if isinstance(e, LoggedRequest) else _entry(e)
+            _check_id(entry.request_id)
+            if not self.sampled(entry.request_id):
+                continue
+            ts = _aware(entry.ts)
+            rows.append({
+                "request_id": entry.request_id, "model": entry.model,
+                "version": entry.version, "ts": ts, "expires_at": ts + self.retention,
+                "inputs": _jsonable(mask(entry.inputs, self.pii_columns,
+                                         feature_names=feature_names, key=self.mask_key)),
+                "prediction": _jsonable(entry.prediction),
+            })
+        written = 0
+        with self._sessions() as s, s.begin():
+            for i in range(0, len(rows), _CHUNK):
+                stmt = (self._insert(RequestRecord).values(rows[i:i + _CHUNK])
+                        .on_conflict_do_nothing().returning(RequestRecord.request_id))
+                written += len(list(s.scalars(stmt)))
+        return written
+
+    def get(self, request_id: str) -> LoggedRequest | None:
+        """The logged request, or None if it was never logged, not sampled or expired."""
+        return self.get_many([request_id]).get(request_id)
+
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, LoggedRequest]:
+        """``{request_id: LoggedRequest}`` for the ids that are logged and not expired."""
+        out: dict[str, LoggedRequest] = {}
+        now = utcnow()
+        ids = list(dict.fromkeys(request_ids))
+        with self._sessions() as s:
+            for i in range(0, len(ids), _CHUNK):
+                q = select(RequestRecord).where(
+                    RequestRecord.request_id.in_(ids[i:i + _CHUNK]),
+                    RequestRecord.expires_at > now,
+                )
+                for r in s.scalars(q):
+                    out[r.request_id] = LoggedRequest(
+                        r.request_id, r.model, r.version, r.inputs, r.prediction, _aware(r.ts)
+                    )
+        return out
+
+    def since(self, model: str, after: datetime | None, limit: int = 1000
+              ) -> list[LoggedRequest]:
+        """Requests of ``model`` logged after ``after`` (oldest first), for input drift."""
+        q = select(RequestRecord).where(RequestRecord.model == model)
+        if after is not None:
+            q = q.where(RequestRecord.ts > _aware(after))
+        with self._sessions() as s:
+            rows = s.scalars(q.order_by(RequestRecord.ts).limit(limit))
+            return [LoggedRequest(r.request_id, r.model, r.version, r.inputs, r.prediction,
+                                  _aware(r.ts)) for r in rows]
+
+    def purge_expired(self, now: datetime | None = None) -> int:
+        """Delete expired rows; returns how many."""
+        with self._sessions() as s, s.begin():
+            res = s.execute(
+                delete(RequestRecord).where(RequestRecord.expires_at <= _aware(now or utcnow()))
+            )
+            return int(getattr(res, "rowcount", 0) or 0)
+
+
+def _entry(m: Mapping[str, Any]) -> LoggedRequest:
+    try:
+        return LoggedRequest(
+            str(m["request_id"]), str(m["model"]), m.get("version"), m["inputs"],
+            m.get("prediction"), m.get("ts") or utcnow(),
+        )
+    except KeyError as exc:
+        raise DataError(f"request log entry misses the field {exc.args[0]!r}") from exc
+
+
+def _check_id(request_id: str) -> None:
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+        raise DataError(f"request id must be a string of 1-64 characters, got {request_id!r}")
+
+
+def _aware(ts: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy arrays and scalars to plain JSON types (JSON columns cannot hold them)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

@@ -1,0 +1,113 @@
+"""scikit-learn estimators, trained by the same ``fit`` and stored without pickle (skops).
+
+On load only types from scikit-learn, NumPy and SciPy are trusted; a file that asks for
+anything else (which is how a malicious skops file would run code) is refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from stratum.errors import ConfigError, IntegrityError
+
+WEIGHTS_FILE = "model.skops"
+_TRUSTED_MODULES = ("sklearn.", "numpy.", "scipy.")
+
+
+def _zoo(task: str) -> dict[str, Callable[..., Any]]:
+    from sklearn import ensemble, linear_model, svm
+
+    if task == "classification":
+        return {
+            "sklearn_logistic": lambda **p: linear_model.LogisticRegression(
+                **{"max_iter": 2000, **p}),
+            "svc": lambda **p: svm.SVC(**p),
+            "random_forest": lambda **p: ensemble.RandomForestClassifier(
+                **{"n_estimators": 200, "n_jobs": 1, **p}),
+            "gradient_boosting": lambda **p: ensemble.GradientBoostingClassifier(**p),
+        }
+    return {
+        "sklearn_linear": lambda **p: linear_model.Ridge(**{"alpha": 1e-3, **p}),
+        "svc": lambda **p: svm.SVR(**p),
+        "random_forest": lambda **p: ensemble.RandomForestRegressor(
+            **{"n_estimators": 200, "n_jobs": 1, **p}),
+        "gradient_boosting": lambda **p: ensemble.GradientBoostingRegressor(**p),
+    }
+
+
+SKLEARN_MODELS = ("sklearn_logistic", "sklearn_linear", "svc", "random_forest",
+                  "gradient_boosting")
+
+
+def is_estimator(obj: Any) -> bool:
+    return hasattr(obj, "fit") and hasattr(obj, "predict") and hasattr(obj, "get_params")
+
+
+def build_estimator(name: str, task: str, params: dict[str, Any], seed: int) -> Any:
+    """A zoo estimator by name, or what ``module:function(**params)`` returns."""
+    if ":" in name:
+        mod, _, fn = name.partition(":")
+        try:
+            est = getattr(importlib.import_module(mod), fn)(**params)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ConfigError(f"cannot build estimator {name!r}: {exc}") from exc
+    else:
+        zoo = _zoo(task)
+        if name not in zoo:
+            raise ConfigError(
+                f"scikit-learn model {name!r} does not exist for {task}",
+                hint=f"choose one of {', '.join(sorted(zoo))}")
+        try:
+            est = zoo[name](**params)
+        except TypeError as exc:
+            raise ConfigError(f"bad parameters for model {name!r}: {exc}") from exc
+    if not is_estimator(est):
+        raise ConfigError(f"{name} did not return a scikit-learn estimator")
+    if "random_state" in est.get_params():
+        est.set_params(random_state=seed)
+    return est
+
+
+def flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(len(x), -1)
+
+
+def fit_estimator(est: Any, x: np.ndarray, y: np.ndarray) -> Any:
+    try:
+        est.fit(flat(x), y)
+    except ValueError as exc:
+        raise ConfigError(f"{type(est).__name__} cannot fit this dataset: {exc}") from exc
+    return est
+
+
+def predict_outputs(est: Any, x: np.ndarray, task: str, num_classes: int) -> np.ndarray:
+    """Class scores (n, k) for classification (one-hot of the prediction when the
+    estimator has no probabilities), (n,) predictions for regression."""
+    pred = est.predict(flat(x))
+    if task != "classification":
+        return np.asarray(pred, dtype=np.float64)
+    out = np.zeros((len(x), num_classes))
+    out[np.arange(len(x)), np.asarray(pred, dtype=np.int64)] = 1.0
+    return out
+
+
+def dumps(est: Any) -> bytes:
+    import skops.io as sio
+
+    data: bytes = sio.dumps(est)
+    return data
+
+
+def loads(blob: bytes) -> Any:
+    """Load a skops file, trusting only scikit-learn / NumPy / SciPy types."""
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(data=blob)
+    refused = [t for t in untrusted if not t.startswith(_TRUSTED_MODULES)]
+    if refused:
+        raise IntegrityError(f"refusing to load a scikit-learn model that needs {refused}")
+    return sio.loads(blob, trusted=untrusted)

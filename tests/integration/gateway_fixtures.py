@@ -1,0 +1,127 @@
+"""Helpers for the gateway/control integration tests: tiny registered models, real
+processes, and a bounded load loop that records every response."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from stratum.config import Settings
+from stratum.store import ModelSpec, Store, register_model
+from tests.services import free_port, started
+
+FEATURES = 4
+CLASSES = [0, 1, 2]
+SAMPLE = {"instances": [[0.1, 0.2, 0.3, 0.4]]}
+
+
+def register_tiny(store: Store, name: str = "tiny", *, seed: int = 0,
+                  broken: bool = False) -> int:
+    """Register a zoo mlp (4 → 8 → 3); ``broken`` stores weights of another shape so the
+    version registers fine but cannot load."""
+    import torch
+
+    from stratum.train.zoo import build_model
+
+    torch.manual_seed(seed)
+    net = build_model("mlp", [FEATURES], len(CLASSES), hidden=[16 if broken else 8])
+    spec = ModelSpec(architecture="mlp", params={"hidden": [8]}, input_shape=[FEATURES],
+                     classes=CLASSES)
+    mv = register_model(store.meta, store.artifacts, name, spec, weights=net.state_dict())
+    return mv.version
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    return settings.child_env()
+
+
+@contextmanager
+def replica(settings: Settings, ref: str, log: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with started([sys.executable, "-m", "stratum.serve", "--model", ref, "--port", str(port)],
+                 ready_url=url + "/v2/health/ready", env=settings.child_env(), log=log,
+                 timeout=90):
+        yield url
+
+
+@contextmanager
+def gateway(settings: Settings, replicas: list[str], log: Path,
+            extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [sys.executable, "-m", "stratum.gateway", "--port", str(port)]
+    for r in replicas:
+        args += ["--replica", r]
+    with started(args + (extra or []), ready_url=url + "/v2/health/live",
+                 env=settings.child_env(), log=log, timeout=60) as proc:
+        yield url, proc
+
+
+@dataclass
+class LoadResult:
+    ok: int = 0
+    failed: list[str] = field(default_factory=list)
+    versions: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)
+
+    @property
+    def total(self) -> int:
+        return self.ok + len(self.failed)
+
+
+async def load_loop(url: str, model: str, seconds: float | None = None, concurrency: int = 20,
+                    headers: dict[str, str] | None = None,
+                    stop: threading.Event | None = None) -> LoadResult:
+    """``concurrency`` clients sending single-sample predicts back to back until ``seconds``
+    pass or ``stop`` is set; any non-200 or transport error counts as a failed request."""
+    res = LoadResult()
+    deadline = time.monotonic() + (seconds if seconds is not None else 600.0)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=15.0, limits=limits) as client:
+        async def worker() -> None:
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+                try:
+                    r = await client.post(f"/v1/models/{model}:predict", json=SAMPLE,
+                                          headers=headers)
+                except httpx.HTTPError as exc:
+                    res.failed.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                res.statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    res.ok += 1
+                    res.versions[r.headers.get("x-model-version", "?")] += 1
+                else:
+                    res.failed.append(f"{r.status_code}: {r.text[:200]}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return res
+
+
+class BackgroundLoad:
+    """``load_loop`` in a thread until ``stop()``; ``result`` holds what it saw."""
+
+    def __init__(self, url: str, model: str, concurrency: int = 20) -> None:
+        self._stop = threading.Event()
+        self.result = LoadResult()
+        self._thread = threading.Thread(target=self._run, args=(url, model, concurrency),
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, model: str, concurrency: int) -> None:
+        self.result = asyncio.run(load_loop(url, model, None, concurrency, stop=self._stop))
+
+    def stop(self) -> LoadResult:
+        self._stop.set()
+        self._thread.join(60)
+        return self.result

@@ -1,0 +1,99 @@
+"""Fast tests of the control plane's pure parts: deployment specs and the routing rule
+that makes rolling updates lossless."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from stratum.control.routing import compute_routes
+from stratum.control.spec import DeploymentSpec, build_spec, parse_canary, rolled_back
+from stratum.errors import ConfigError, ConflictError, NotFoundError
+from stratum.store import Store
+from tests.integration.gateway_fixtures import register_tiny
+
+
+@dataclass
+class R:
+    id: str
+    version: int
+    state: str = "ready"
+    started: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{9000 + int(self.id)}"
+
+
+def spec(version: int = 2, replicas: int = 2, **kw: object) -> DeploymentSpec:
+    return DeploymentSpec(model="m", ref=str(version), version=version, replicas=replicas,
+                          port=8000, **kw)  # type: ignore[arg-type]
+
+
+def test_old_version_serves_until_the_new_one_is_fully_ready() -> None:
+    old = [R("1", 1), R("2", 1)]
+    routes, traffic, serving = compute_routes("m", spec(), [*old, R("3", 2)])
+    assert routes is not None and serving == {"1", "2"}
+    assert traffic == [{"version": 1, "weight": 100.0, "replicas": 2}]
+    routes, traffic, serving = compute_routes("m", spec(), [*old, R("3", 2), R("4", 2)])
+    assert serving == {"3", "4"} and traffic[0]["version"] == 2
+
+
+def test_nothing_ready_means_no_routes_and_starting_replicas_never_serve() -> None:
+    routes, _, serving = compute_routes("m", spec(), [R("1", 2, state="starting")])
+    assert routes is None and serving == set()
+    # after a crash the survivors keep serving while the replacement starts
+    routes, _, serving = compute_routes("m", spec(), [R("1", 2), R("2", 2, state="starting")])
+    assert routes is not None and serving == {"1"}
+
+
+def test_canary_and_shadow_groups() -> None:
+    s = spec(canary={"ref": "1", "version": 1, "percent": 25},
+             shadow={"ref": "3", "version": 3})
+    assert s.versions() == {2: 2, 1: 1, 3: 1}
+    routes, traffic, serving = compute_routes("m", s, [R("1", 2), R("2", 2), R("3", 1),
+                                                       R("4", 3)])
+    assert routes is not None
+    pool = routes.deployments["m"]
+    assert [(g.version, g.weight) for g in pool.groups] == [(2, 75.0), (1, 25.0)]
+    assert pool.shadow is not None and pool.shadow.version == 3
+    assert serving == {"1", "2", "3", "4"}
+    assert traffic[-1]["shadow"] is True
+
+
+def test_surplus_replicas_leave_the_routes() -> None:
+    _, _, serving = compute_routes("m", spec(replicas=1), [R("1", 2, started=1.0),
+                                                           R("2", 2, started=2.0)])
+    assert serving == {"1"}
+
+
+def test_parse_canary() -> None:
+    assert parse_canary("m@5:10") == ("m", "5", 10.0)
+    for bad in ("m@5", "m@5:0", "m@5:100", "m@5:x"):
+        with pytest.raises(ConfigError):
+            parse_canary(bad)
+
+
+def test_build_spec_resolves_and_remembers_previous(store: Store) -> None:
+    register_tiny(store, "m", seed=1)
+    register_tiny(store, "m", seed=2)
+    store.meta.set_alias("m", "production", 1)
+    first = build_spec(store.meta, "m@production", current=None, replicas=None, port=None,
+                       default_port=8000)
+    assert (first.version, first.ref, first.replicas, first.port) == (1, "production", 1, 8000)
+    second = build_spec(store.meta, "m@2", current=first, replicas=3, port=None,
+                        default_port=8000, canary="m@1:10")
+    assert second.previous is not None and second.previous.version == 1
+    assert second.canary is not None and second.canary.percent == 10
+    back = rolled_back(second)
+    assert back.version == 1 and back.previous is not None and back.previous.version == 2
+    assert back.canary is None
+    with pytest.raises(ConflictError):
+        rolled_back(first)
+    with pytest.raises(NotFoundError):
+        build_spec(store.meta, "m@9", current=None, replicas=None, port=None,
+                   default_port=8000)
+    with pytest.raises(ConfigError):
+        build_spec(store.meta, "m@1", current=None, replicas=None, port=None,
+                   default_port=8000, canary="other@1:5")
