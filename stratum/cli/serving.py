@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="Deployment name [model name]."),
         policy: str | None = typer.Option(None, "--policy", help="least_outstanding, "
                                           "round_robin or consistent_hash."),
+        follow: bool | None = typer.Option(None, "--follow/--pin", help="Roll onto every "
+                                           "version the alias in REF moves to (e.g. promotions "
+                                           "by the online learner) [--pin]."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for ready."),
         no_wait: bool = typer.Option(False, "--no-wait", help="Return once recorded."),
         as_json: bool = typer.Option(False, "--json"),
@@ -92,7 +95,7 @@ def register(app: typer.Typer) -> None:
         model is a rolling update with zero failed requests."""
         client = _client(ctx, api_key)
         dep = client.deploy(model=ref, name=name, replicas=replicas, port=port, canary=canary,
-                            shadow=shadow, policy=policy)
+                            shadow=shadow, policy=policy, follow=follow)
         if not no_wait:
             dep = _wait(client, dep, timeout, as_json)
         _print(dep, as_json, "deployed" if not no_wait else "recorded")

@@ -98,7 +98,7 @@ class OnlineSettings(BaseModel):
     max_wait_s: float = Field(5.0, gt=0)
     # The recent-feedback window the gate judges on; one row in eval_every is kept out of
     # fine-tuning so both models are judged on rows neither was trained on.
-    recent_window: int = Field(2_000, ge=20)
+    recent_window: int = Field(500, ge=20)
     eval_every: int = Field(4, ge=2)
     min_eval_rows: int = Field(20, ge=1)
     # One-sided McNemar z the challenger's gain on recent feedback must reach.
@@ -194,7 +194,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     PosixPath('/tmp/x')
     """
     inherited = os.environ.get("STRATUM_SETTINGS_JSON")
-    if inherited and config_file is None and not overrides:
+    if inherited and config_file is None and all(v is None for v in overrides.values()):
         # A child process started by Stratum: take the parent's settings verbatim.
         return Settings.model_validate_json(inherited)
     raw = config_file or os.environ.get("STRATUM_CONFIG")

@@ -37,6 +37,7 @@ class DeployRequest(BaseModel):
     canary: str | None = Field(None, description="NAME@VERSION:PERCENT")
     shadow: str | None = Field(None, description="NAME@VERSION")
     policy: str | None = None
+    follow: bool | None = Field(None, description="track the alias in `model` as it moves")
 
 
 class ScaleRequest(BaseModel):
@@ -102,7 +103,8 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
         current = load_spec(existing[name].spec) if name in existing else None
         spec = build_spec(meta, req.model, current=current, replicas=req.replicas,
                           port=req.port, default_port=settings.gateway.port,
-                          canary=req.canary, shadow=req.shadow, policy=req.policy)
+                          canary=req.canary, shadow=req.shadow, policy=req.policy,
+                          follow=req.follow)
         for other, dep in existing.items():
             if other != name and dep.spec.get("port") == spec.port:
                 raise ConflictError(f"port {spec.port} is already used by deployment {other}",

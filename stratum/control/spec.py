@@ -2,7 +2,9 @@
 
 References are resolved to version numbers when a deployment is written, so a later alias
 move does not silently change what runs: ``stratum deploy mnist@production`` pins the
-version ``production`` named at that moment (deploy again to follow the alias).
+version ``production`` named at that moment. ``--follow`` opts in to tracking the alias
+instead: the supervisor rolls the deployment onto every version the alias moves to (that
+is how the online learner's promotions reach the replicas).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class DeploymentSpec(BaseModel):
     shadow: VersionRef | None = None
     previous: VersionRef | None = None  # what `stratum rollback` goes back to
     policy: str | None = None
+    follow: str | None = None  # an alias whose moves roll the deployment
 
     def versions(self) -> dict[int, int]:
         """``{version: replicas wanted}``: the primary's count, one for a canary/shadow."""
@@ -79,6 +82,7 @@ def build_spec(
     meta: MetadataStore, model_ref: str, *, current: DeploymentSpec | None,
     replicas: int | None, port: int | None, default_port: int,
     canary: str | None = None, shadow: str | None = None, policy: str | None = None,
+    follow: bool | None = None,
 ) -> DeploymentSpec:
     """The new wanted state from a deploy request and the current spec (if any)."""
     model, ref = parse_ref(model_ref)
@@ -95,6 +99,15 @@ def build_spec(
         if s_model != model:
             raise ConfigError(f"the shadow must be a version of {model}, not {s_model}")
         sha = resolve(meta, s_model, s_ref, "shadow")
+    if follow is None:
+        follow_alias = current.follow if current else None
+    elif follow:
+        if ref is None or ref.isdigit() or ref == "latest":
+            raise ConfigError(f"--follow needs an alias to follow, e.g. {model}@production",
+                              hint=f"{model_ref!r} names a fixed version")
+        follow_alias = ref
+    else:
+        follow_alias = None
     previous = current.previous if current else None
     if current is not None and current.version != main.version:
         previous = VersionRef(ref=current.ref, version=current.version)
@@ -104,7 +117,16 @@ def build_spec(
         port=port or (current.port if current else default_port),
         canary=can, shadow=sha, previous=previous,
         policy=policy if policy is not None else (current.policy if current else None),
+        follow=follow_alias,
     )
+
+
+def followed(spec: DeploymentSpec, version: int) -> DeploymentSpec:
+    """The spec rolled onto ``version``, where its followed alias now points."""
+    return spec.model_copy(update={
+        "ref": spec.follow, "version": version, "canary": None,
+        "previous": VersionRef(ref=spec.ref, version=spec.version),
+    })
 
 
 def rolled_back(spec: DeploymentSpec) -> DeploymentSpec:

@@ -27,8 +27,8 @@ import httpx
 
 from stratum.config import Settings
 from stratum.control.procs import Proc, free_port, spawn
-from stratum.control.routing import compute_routes
-from stratum.control.spec import DeploymentSpec, load_spec
+from stratum.control.routing import compute_routes, to_retire
+from stratum.control.spec import DeploymentSpec, followed, load_spec
 from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class ReplicaProc:
     port: int
     proc: Proc
     state: str = "starting"  # starting → ready → draining; gone once the process exits
+    swapping: int | None = None  # the version a hot swap is loading, while it does
     started: float = field(default_factory=time.monotonic)
     healthy: bool = False
 
@@ -65,6 +66,7 @@ class DeploymentState:
     crash_streak: Counter[int] = field(default_factory=Counter)
     next_start: dict[int | str, float] = field(default_factory=dict)
     good_versions: set[int] = field(default_factory=set)
+    given_up: set[int] = field(default_factory=set)  # versions that never got ready
     last_error: dict[str, Any] | None = None
     last_observed: dict[str, Any] | None = None
     seq: int = 0
@@ -102,6 +104,8 @@ class Supervisor:
     async def tick(self) -> bool:
         """One pass over every deployment; True while something is in transition."""
         rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
+        if await asyncio.to_thread(self._follow_aliases, rows):
+            rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
         for name, row in rows.items():
             st = self.states.get(name)
             if st is None:
@@ -132,6 +136,8 @@ class Supervisor:
             return True
         if await self._give_up_failed(st, spec):
             return True
+        if spec.follow is not None:
+            self._swap_stale(st, spec)
         self._start_missing(st, spec)
         self._ensure_gateway(st, spec)
         routes, traffic, serving = compute_routes(st.name, spec, st.replicas.values())
@@ -141,13 +147,35 @@ class Supervisor:
             st.traffic = traffic
             await self._event("deployment.routes", st.name, {"traffic": traffic})
         if routes is not None and st.pushed_etag == routes.etag():
+            # Not "every ready replica outside the table": a new version's replica that
+            # is ready while its siblings still start must stay (to_retire knows).
+            retire = to_retire(spec, st.replicas.values(), serving)
             for r in list(st.replicas.values()):
-                if r.id not in serving and r.state == "ready":
+                if r.id in retire:
                     self._retire(st, r, drain=True)
                 elif r.state == "starting" and r.version not in spec.versions():
                     self._retire(st, r, drain=False)
         return await self._observe(st, spec, converged=routes is not None
                                    and st.pushed_etag == routes.etag())
+
+    def _follow_aliases(self, rows: dict[str, Any]) -> bool:
+        """Roll deployments that follow an alias onto where it points now (blocking)."""
+        moved = False
+        for name, row in rows.items():
+            spec = load_spec(row.spec)
+            if spec is None or spec.follow is None:
+                continue
+            target = self.meta.aliases(spec.model).get(spec.follow)
+            if target is None or target == spec.version:
+                continue
+            st = self.states.get(name)
+            if st is not None and target in st.given_up:
+                continue  # it failed to start; wait for the alias to move on
+            self.meta.put_deployment(name, followed(spec, target).model_dump(mode="json"))
+            self.meta.add_event("deployment.follow", name, {
+                "alias": spec.follow, "from": spec.version, "to": target})
+            moved = True
+        return moved
 
     # -- processes -------------------------------------------------------------------------
     async def _reap(self, st: DeploymentState) -> None:
@@ -216,7 +244,7 @@ class Supervisor:
         now = time.monotonic()
         for version, wanted in spec.versions().items():
             active = [r for r in st.replicas.values()
-                      if r.version == version and r.state in ("starting", "ready")]
+                      if version in (r.version, r.swapping) and r.state in ("starting", "ready")]
             if len(active) >= wanted or now < st.next_start.get(version, 0.0):
                 continue
             for _ in range(wanted - len(active)):
@@ -229,6 +257,45 @@ class Supervisor:
                 st.replicas[rid] = ReplicaProc(rid, version, port, proc)
                 self._event_soon("replica.started", st.name, {
                     "replica": rid, "version": version, "pid": proc.pid, "port": port})
+
+    def _swap_stale(self, st: DeploymentState, spec: DeploymentSpec) -> None:
+        """A deployment that follows an alias moves in place: each ready replica of an
+        older version loads the new one beside it and switches when warm (no new
+        process, no request lost); traffic stays on the old version until it has."""
+        if time.monotonic() < st.next_start.get(spec.version, 0.0):
+            return
+        wanted = spec.versions()
+        for r in st.replicas.values():
+            if r.state == "ready" and r.swapping is None and r.version not in wanted:
+                r.swapping = spec.version
+                task = asyncio.create_task(self._swap(st, r, spec.version))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    async def _swap(self, st: DeploymentState, r: ReplicaProc, version: int) -> None:
+        t0 = time.monotonic()
+        try:
+            resp = await self.http.post(r.url + "/admin/swap", json={"ref": str(version)},
+                                        timeout=self.cfg.ready_timeout_s)
+            ok, detail = resp.status_code == 200, resp.text[-600:]
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        r.swapping = None
+        info = {"replica": r.id, "from": r.version, "to": version,
+                "seconds": round(time.monotonic() - t0, 2)}
+        if ok:
+            r.version = version
+            st.good_versions.add(version)
+            await self._event("replica.swapped", st.name, info)
+        else:
+            st.start_failures[version] += 1
+            st.next_start[version] = time.monotonic() + self._backoff(
+                st.start_failures[version])
+            st.last_error = {"generation": st.generation, "version": version,
+                             "message": f"replica {r.id} could not swap to v{version}: "
+                                        f"{detail}"}
+            await self._event("replica.swap_failed", st.name, {**info, "error": detail})
+        self.wake.set()
 
     def _ensure_gateway(self, st: DeploymentState, spec: DeploymentSpec) -> None:
         if st.gateway is not None and st.gateway_port != spec.port:
@@ -283,6 +350,7 @@ class Supervisor:
                              "message": f"v{version} of {spec.model} failed to start "
                                         f"{st.start_failures[version]} times; {outcome}. "
                                         f"Last error: {reason}"}
+            st.given_up.add(version)
             await self._event("deployment.update_failed", st.name, st.last_error)
             if fallback is not None:
                 await asyncio.to_thread(self.meta.put_deployment, st.name,

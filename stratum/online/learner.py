@@ -43,6 +43,7 @@ from stratum.online.gate import Decision, decide
 from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
 from stratum.queue import Message, ProcessedIds, Queue, open_queue
 from stratum.store import Lineage, Store, load_model, register_model
+from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,8 @@ class Learner:
         self._pending: dict[str, tuple[Row | None, list[str]]] = {}  # request id → row, msgs
         self._pending_since: float | None = None
         self._drifted = False
-        self._drift_seen_at: datetime | None = None
+        # Input drift is about the traffic from now on, not the log's whole history.
+        self._drift_seen_at: datetime | None = utcnow()
         self.champion = self._load_champion()
         self.drift.baseline_accuracy = self.champion.holdout_score
 
@@ -186,6 +188,20 @@ class Learner:
         self._check_input_drift()
         trigger = self._due()
         return self.update(trigger) if trigger else None
+
+    def drain(self, wait_s: float = 0.5) -> Update | None:
+        """Take all the feedback waiting now and make one challenger from it."""
+        while msgs := self.queue.get(max_items=max(self.cfg.batch_size, 1),
+                                     visibility_timeout_s=self.cfg.visibility_timeout_s,
+                                     consumer=self.consumer, wait_s=wait_s):
+            self._take(msgs)
+            wait_s = 0.0
+        return self.update("manual") if self._pending else None
+
+    @property
+    def pending_requests(self) -> int:
+        """Feedback taken and not yet committed into an update."""
+        return len(self._pending)
 
     def _take(self, msgs: list[Message]) -> None:
         fresh: dict[str, list[Message]] = {}

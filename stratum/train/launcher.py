@@ -133,13 +133,15 @@ class LocalLauncher:
             codes = [p.poll() for p in self.procs]
             if all(c == 0 for c in codes):
                 return None
-            for rank, code in enumerate(codes):
-                if code not in (None, 0):
-                    assert code is not None
-                    died = Restart(attempt=job.attempt, rank=rank, pid=self.procs[rank].pid,
-                                   returncode=code, died_at=time.time(), last_step=last.step)
-                    self._stop_group()
-                    return died
+            dead = [(rank, c) for rank, c in enumerate(codes) if c is not None and c != 0]
+            if dead:
+                # Once one worker is gone its peers fail too, often before the next poll:
+                # name the one a signal killed, not the first rank that exited.
+                rank, code = min(dead, key=lambda d: (d[1] >= 0, d[0]))
+                died = Restart(attempt=job.attempt, rank=rank, pid=self.procs[rank].pid,
+                               returncode=code, died_at=time.time(), last_step=last.step)
+                self._stop_group()
+                return died
 
     def _spawn(self, job_file: Path) -> None:
         port = free_port()

@@ -1,0 +1,75 @@
+"""``stratum learn NAME`` (the online learner) and ``stratum up`` (the whole loop)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import typer
+
+from stratum.cli.context import console, get_ctx, print_json
+from stratum.online.learner import Learner, Update
+
+
+def describe_update(name: str, u: Update) -> str:
+    d = u.decision
+    verdict = "[bold green]promoted[/]" if d.promote else "[yellow]kept as candidate[/]"
+    return (f"{name} v{u.version} (from v{u.parent}, {u.rows} new rows, {u.trigger}): "
+            f"{verdict} — recent {d.challenger_recent:.3f} vs {d.champion_recent:.3f}, "
+            f"holdout {d.challenger_holdout:.3f} vs {d.champion_holdout:.3f}")
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def learn(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="Model name; its `production` version is the champion."),
+    seconds: float | None = typer.Option(None, "--seconds", help="Stop after this long."),
+    once: bool = typer.Option(False, "--once", help="Take the feedback waiting now, make "
+                              "one challenger from it, and stop."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON line per challenger."),
+) -> None:
+    """Consume feedback, fine-tune challengers and promote the ones that win the gate.
+    Runs until Ctrl-C (or SIGTERM); every decision is an event (`stratum models history`)."""
+    c = get_ctx(ctx)
+
+    def report(u: Update) -> None:
+        if as_json:
+            print_json({"model": name, **u.to_dict()})
+        else:
+            console.print(describe_update(name, u))
+
+    learner = Learner(c.settings, c.store, name, on_update=report)
+    if not as_json:
+        console.print(f"learning {name} from feedback; champion v{learner.champion.version} "
+                      f"(holdout {learner.champion.holdout_score:.3f}). Ctrl-C stops.")
+    if once:
+        if learner.drain() is None and not as_json:
+            console.print("no feedback was waiting")
+        return
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    if seconds is not None:
+        threading.Timer(seconds, stop.set).start()
+    learner.run(stop)
+    s = learner.stats
+    if not as_json:
+        console.print(f"stopped: {s.received} feedback received, {s.applied} rows applied, "
+                      f"{len(s.updates)} challengers, "
+                      f"{sum(u.decision.promote for u in s.updates)} promoted")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("learn")(learn)
+    from stratum.cli.up import up
+
+    app.command("up")(up)
+
+
+__all__ = ["describe_update", "learn", "register"]

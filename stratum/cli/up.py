@@ -1,0 +1,189 @@
+"""``stratum up``: the whole loop on embedded defaults, reusing whatever already exists.
+
+ingest ``builtin:mnist`` → train the cnn with 2 ddp workers → promote it to
+``production`` → deploy 2 replicas and the gateway (following ``production``) → start the
+online learner → print the URLs. ``--demo`` then streams digits with feedback, rotated
+after a while, and shows the loop adapting. Ctrl-C stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from stratum.cli.context import CliContext, console, get_ctx
+from stratum.cli.data import ingest_cmd
+from stratum.cli.serving import _print, _wait
+from stratum.cli.train import train as train_cmd
+from stratum.control.client import ControlClient
+from stratum.errors import ConfigError, NotFoundError
+from stratum.online.demo import DemoTick, digits, stream
+
+_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def up(
+    ctx: typer.Context,
+    demo: bool = typer.Option(False, "--demo", help="Stream digits with feedback (rotated "
+                              "after --rotate-after) and show the loop adapting."),
+    port: int = typer.Option(8000, "--port", help="Gateway port."),
+    replicas: int = typer.Option(2, "--replicas", min=1),
+    workers: int = typer.Option(2, "--workers", min=1, help="ddp workers for training."),
+    requests: int = typer.Option(3000, "--requests", help="Demo requests to send."),
+    rotate_after: int = typer.Option(1000, "--rotate-after", help="Demo: rotate from here."),
+    config: Path = typer.Option(_EXAMPLES / "mnist.yaml", "--train-config",
+                                help="Training config for the first version."),
+) -> None:
+    """Run the whole loop on embedded defaults; prints the URLs and a curl example."""
+    c = get_ctx(ctx)
+    name = "mnist"
+    _ensure_data(ctx, c, name)
+    _ensure_model(ctx, c, name, config, workers)
+    client = ControlClient(c.settings)
+    dep = client.deploy(model=f"{name}@production", replicas=replicas, port=port, follow=True)
+    dep = _wait(client, dep, 300.0, quiet=False)
+    _print(dep, False, "deployed")
+    learner = _start_learner(c, name)
+    gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
+        f"http://127.0.0.1:{port}"
+    example = _example_request(c, name)
+    console.print(
+        f"\n[bold]Stratum is up.[/]\n  predict   curl -s -H 'content-type: application/json' "
+        f"--data @{example} {gateway}/v1/models/{name}:predict -D - \n"
+        f"  feedback  curl -s {gateway}/v1/models/{name}/feedback "
+        "-d '{\"request_id\": \"<x-request-id>\", \"label\": 7}'\n"
+        f"  metrics   {gateway}/metrics\n  status    stratum status · stratum models history "
+        f"{name}\n  learner   log in {c.settings.home / 'logs' / 'learner.log'}\n")
+    stop = threading.Event()
+    try:
+        if demo:
+            _demo(c, name, gateway, requests, rotate_after, stop)
+            console.print("demo finished; serving until Ctrl-C")
+        while learner.poll() is None:
+            time.sleep(0.5)
+        raise ConfigError(f"the learner exited with {learner.returncode}",
+                          hint=f"see {c.settings.home / 'logs' / 'learner.log'}")
+    except KeyboardInterrupt:
+        console.print("\nstopping …")
+    finally:
+        stop.set()
+        _stop(learner)
+        try:
+            client.call("DELETE", f"/deployments/{name}", start=False)
+        except Exception as exc:  # the control plane may already be gone
+            console.print(f"[yellow]could not undeploy {name}: {exc}[/]")
+        _stop_control(c)
+        console.print("stopped the learner, the deployment and the control plane")
+
+
+def _ensure_data(ctx: typer.Context, c: CliContext, name: str) -> None:
+    try:
+        dv = c.store.meta.dataset_version(name)
+        console.print(f"dataset {name}@{dv.version[:12]} exists ({dv.num_rows:,} rows)")
+    except NotFoundError:
+        ingest_cmd(ctx, source="builtin:mnist", name=name, shards=None, replicas=None,
+                   shard_key=None, schema=None, as_json=False)
+
+
+def _ensure_model(ctx: typer.Context, c: CliContext, name: str, config: Path,
+                  workers: int) -> None:
+    meta = c.store.meta
+    if not meta.model_versions(name):
+        train_cmd(ctx, config=config, workers=workers, strategy=None, resume=False,
+                  epochs=None, name=name, as_json=False)
+    aliases = meta.aliases(name)
+    if "production" not in aliases:
+        version = aliases.get("candidate") or meta.model_version(name).version
+        meta.set_alias(name, "production", version, reason="stratum up: first version")
+        console.print(f"promoted {name} v{version} to production")
+    else:
+        console.print(f"{name} production is v{aliases['production']}")
+
+
+def _start_learner(c: CliContext, name: str) -> subprocess.Popen[bytes]:
+    logs = c.settings.home.expanduser().resolve() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "learner.log", "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stratum.cli.main", "learn", name],
+            env={**os.environ, **c.settings.child_env()}, stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _stop_control(c: CliContext) -> None:
+    import signal
+
+    from stratum.control.discovery import read_record
+
+    rec = read_record(c.settings)
+    if rec is not None:
+        pid = int(rec["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while read_record(c.settings) is not None and time.monotonic() < deadline:
+            try:  # we may have started it: reap it, or it lingers as a zombie that "lives"
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.2)
+
+
+def _example_request(c: CliContext, name: str) -> Path:
+    images, _ = digits(c.store, name, "test")
+    path = c.settings.home.expanduser().resolve() / "example-request.json"
+    path.write_bytes(orjson.dumps({"instances": [images[0].tolist()]}))
+    return path
+
+
+def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
+          stop: threading.Event) -> None:
+    images, labels = digits(c.store, name, "train")
+    meta = c.store.meta
+    state: dict[str, Any] = {"tick": None}
+
+    def table() -> Table:
+        t = Table(title="Stratum demo: predictions → feedback → online learning")
+        for col in ("requests", "inputs", "served version", "accuracy (last 200)",
+                    "versions", "production"):
+            t.add_column(col)
+        tick: DemoTick | None = state["tick"]
+        if tick is not None:
+            t.add_row(f"{tick.sent:,}/{requests:,}", "rotated 30-45°" if tick.rotated else
+                      "upright", f"v{tick.version}",
+                      f"{tick.window_accuracy:.3f}" if tick.window_accuracy is not None else "-",
+                      ", ".join(f"v{v}" for v in tick.versions_seen),
+                      f"v{state.get('production', '?')}")
+        return t
+
+    with Live(table(), console=console, refresh_per_second=4) as live:
+        def on_tick(t: DemoTick) -> None:
+            state["tick"] = t
+            if t.sent % 50 == 0:
+                state["production"] = meta.aliases(name).get("production")
+            live.update(table())
+
+        result = stream(url, name, images, labels, requests=requests, rotate_after=rotate_after,
+                        should_stop=stop.is_set, on_tick=on_tick)
+    for start, rot, acc in result.blocks:
+        console.print(f"  requests {start:>5}-{start + 199:<5} {'rotated' if rot else 'upright'}"
+                      f"  accuracy {acc:.3f}")
+    console.print(f"  versions served: {' → '.join(f'v{v}@{i}' for i, v in result.versions)}")
