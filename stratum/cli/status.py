@@ -33,7 +33,30 @@ def collect_status(store: Any) -> dict[str, Any]:
         for e in meta.events(limit=10)
     ]
     return {"datasets": datasets, "models": list(models.values()),
-            "deployments": deployments, "events": events}
+            "deployments": deployments, "online": _online(meta, list(models)),
+            "events": events}
+
+
+def _online(meta: Any, names: list[str]) -> list[dict[str, Any]]:
+    """Per model: the learner's recent decisions and the last drift alert."""
+    out = []
+    for name in names:
+        decisions = meta.events(subject=name, kind="online.decision", limit=50)
+        alerts = meta.events(subject=name, kind="alert.drift.*", limit=1)
+        if not decisions and not alerts:
+            continue
+        last = decisions[0].payload if decisions else {}
+        out.append({
+            "model": name, "challengers": len(decisions),
+            "promoted": sum(bool(e.payload.get("promote")) for e in decisions),
+            "last": {k: last.get(k) for k in ("version", "promote", "reason",
+                                              "challenger_recent", "champion_recent",
+                                              "challenger_holdout", "champion_holdout")}
+            if last else None,
+            "last_alert": {"ts": alerts[0].ts.isoformat(), "kind": alerts[0].kind,
+                           "message": alerts[0].payload.get("message")} if alerts else None,
+        })
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +104,17 @@ def register(app: typer.Typer) -> None:
                                 sorted(per_version.items())) or "-",
                       traffic or "-", (obs.get("gateway") or {}).get("url") or "-")
         console.print(t)
+        if data["online"]:
+            t = Table(title="Online learning (last 50 challengers)")
+            for col in ("model", "challengers", "promoted", "last decision", "last drift alert"):
+                t.add_column(col)
+            for o in data["online"]:
+                last, alert = o["last"], o["last_alert"]
+                t.add_row(o["model"], str(o["challengers"]), str(o["promoted"]),
+                          f"v{last['version']}: {'promoted' if last['promote'] else 'kept'} — "
+                          f"{last['reason']}" if last else "-",
+                          f"{alert['ts'][:19]} {alert['message']}" if alert else "-")
+            console.print(t)
         if data["events"]:
             t = Table(title="Recent events")
             for col in ("time", "kind", "subject", "details"):

@@ -9,6 +9,7 @@ endpoint only (HTTP), so it measures what a user would see.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,15 @@ class DemoResult:
     blocks: list[tuple[int, bool, float]] = field(default_factory=list)
     versions: list[tuple[int, int]] = field(default_factory=list)  # (request index, version)
     feedback_sent: int = 0
+    feedback_at: dict[str, float] = field(default_factory=dict)  # request id → posted (mono)
+    first_served: dict[int, float] = field(default_factory=dict)  # version → first answer
+
+    def live_latency(self, version: int, last_request: str) -> float | None:
+        """Seconds from posting the feedback ``last_request`` to the first answer by
+        ``version`` (or a later one)."""
+        posted = self.feedback_at.get(last_request)
+        served = [t for v, t in self.first_served.items() if v >= version]
+        return min(served) - posted if posted is not None and served else None
 
 
 def digits(store: Store, dataset: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +103,7 @@ def stream(url: str, model: str, images: np.ndarray, labels: np.ndarray, *,
                 continue
             body = r.json()
             v = int(r.headers.get("x-model-version", body.get("model_version", 0)))
+            result.first_served.setdefault(v, time.monotonic())
             if v != version:
                 version = v
                 result.versions.append((i, v))
@@ -105,9 +116,11 @@ def stream(url: str, model: str, images: np.ndarray, labels: np.ndarray, *,
                 result.blocks.append((i + 1 - block, is_rot, float(np.mean(block_hits))))
                 block_hits = []
             if feedback:
+                rid = r.headers["x-request-id"]
                 fb = client.post(f"/v1/models/{model}/feedback", json={
-                    "request_id": r.headers["x-request-id"], "label": _plain(labels[k])})
+                    "request_id": rid, "label": _plain(labels[k])})
                 result.feedback_sent += fb.status_code == 200
+                result.feedback_at[rid] = time.monotonic()
             if on_tick is not None:
                 on_tick(DemoTick(i + 1, is_rot, version,
                                  float(np.mean(recent)) if recent else None, seen))

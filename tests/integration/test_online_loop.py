@@ -234,11 +234,13 @@ def test_a_learner_killed_mid_batch_loses_and_repeats_nothing(loop: Loop,
 
     assert loop.settings.queue_url
     queue = open_queue(loop.settings.queue_url, feedback_stream("digits"))
-    while time.monotonic() < deadline and queue.pending() < len(ids):
-        time.sleep(0.2)
-    assert queue.pending() >= len(ids), log.read_text()[-3000:]
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(10)
+    try:
+        while time.monotonic() < deadline and queue.pending() < len(ids):
+            time.sleep(0.2)
+        assert queue.pending() >= len(ids), log.read_text()[-3000:]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(10)
     assert applied() == 0
     second = loop.learner(log)
     try:
