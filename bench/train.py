@@ -14,7 +14,8 @@ a checkpoint every 50 steps), each in its own child process and in alternating o
 Throughput is the median over epochs, then the median of the repeats; the ratios compare
 with the plain loop measured in the same run.
 
-    .venv/bin/python bench/train.py [--repeats 3] [--epochs 2] [--kills 2]
+    .venv/bin/python bench/train.py [--repeats 3] [--epochs 2] [--kills 1]
+    .venv/bin/python bench/train.py --parts single      # only what is named: single,ddp,kill
 """
 
 from __future__ import annotations
@@ -184,11 +185,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--kills", type=int, default=2)
+    ap.add_argument("--kills", type=int, default=1)
+    ap.add_argument("--parts", default="single,ddp,kill", help="comma-separated subset")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, single process")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     share = max(1, (os.cpu_count() or 1) // 2)  # threads per ddp worker, as the launcher
+    pairs = {  # part -> (baseline, stratum), each a function of the home folder
+        "single": (lambda h: result(run_child("plain", h, args.epochs, args.threads), "plain"),
+                   lambda h: result(run_child("stratum", h, args.epochs, args.threads, 1),
+                                    "stratum")),
+        "ddp": (lambda h: plain_ddp(h, args.epochs, share),
+                lambda h: result(run_child("stratum", h, args.epochs, share, 2), "ddp")),
+    }
     t_start = time.perf_counter()
+    runs: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    kills: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="stratum-bench-train-") as tmp:
         home = Path(tmp) / "home"
         settings: Settings = load_settings(home=home)
@@ -197,67 +209,66 @@ def main() -> None:
 
         ingest("builtin:mnist", "mnist", store)
         store.close()
-        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in
-                                                 ("plain", "stratum", "plain_ddp", "ddp")}
         for i in range(args.repeats):
-            print(f"repeat {i + 1}/{args.repeats}: single", flush=True)
-            for mode in (("plain", "stratum") if i % 2 == 0 else ("stratum", "plain")):
-                if mode == "plain":
-                    runs[mode].append(result(run_child("plain", home, args.epochs,
-                                                       args.threads), "plain"))
+            for part in parts & pairs.keys():
+                print(f"repeat {i + 1}/{args.repeats}: {part}", flush=True)
+                base, ours = runs.setdefault(part, ([], []))
+                plain_fn, stratum_fn = pairs[part]
+                if i % 2 == 0:  # alternate the order, so drift in the machine's load cancels
+                    base.append(plain_fn(home))
+                    ours.append(stratum_fn(home))
                 else:
-                    runs[mode].append(result(run_child("stratum", home, args.epochs,
-                                                       args.threads, 1), "stratum"))
-            print(f"repeat {i + 1}/{args.repeats}: ddp x2", flush=True)
-            for mode in (("plain_ddp", "ddp") if i % 2 == 0 else ("ddp", "plain_ddp")):
-                if mode == "plain_ddp":
-                    runs[mode].append(plain_ddp(home, args.epochs, share))
-                else:
-                    runs[mode].append(result(run_child("stratum", home, args.epochs, share,
-                                                       2), "stratum ddp"))
-        kills = []
-        for i in range(args.kills):
+                    ours.append(stratum_fn(home))
+                    base.append(plain_fn(home))
+        for i in range(args.kills if "kill" in parts else 0):
             print(f"kill {i + 1}/{args.kills}", flush=True)
             kills.append(result(run_child("kill", home, args.epochs, share), "kill"))
-    report(args, share, runs, kills, time.perf_counter() - t_start)
-
-
-def report(args: argparse.Namespace, share: int, runs: dict[str, list[dict[str, Any]]],
-           kills: list[dict[str, Any]], total_s: float) -> None:
-    r = {k: median([rate(d) for d in v]) for k, v in runs.items()}
-    single = runs["stratum"]
-    blocking = median([s for d in single for s in d["blocking_s"]])
-    write = median([s for d in single for s in d["write_s"]])
-    step_s = single[0]["batch"] / r["stratum"]
-    every = single[0]["checkpoint_every"]
-    recover = median([k["recover_s"] for k in kills])
-    from_kill = median([k["died_at"] + k["recover_s"] - k["killed_at"] for k in kills])
-    lost = [k["last_step"] - k["resumed_from"] for k in kills]
-
-    rows = [
-        ("plain PyTorch loop, 1 process", f"{r['plain']:,.0f} samples/s", "baseline"),
-        ("stratum single", f"{r['stratum']:,.0f} samples/s",
-         f"{r['stratum'] / r['plain']:.3f} (target >= 0.97)"),
-        ("plain torch DDP, 2 processes (gloo)", f"{r['plain_ddp']:,.0f} samples/s", "baseline"),
-        ("stratum ddp, 2 workers", f"{r['ddp']:,.0f} samples/s",
-         f"{r['ddp'] / r['plain_ddp']:.3f} (target >= 0.97)"),
-        ("checkpoint: loop blocked per save", f"{blocking * 1e3:.1f} ms",
-         f"{100 * blocking / step_s:.1f}% of a step, "
-         f"{100 * blocking / (every * step_s):.2f}% of {every} steps"),
-        ("checkpoint: background write per save", f"{write * 1e3:.1f} ms",
-         f"{single[0]['checkpoint_bytes'] / 2**20:.1f} MiB each"),
-        ("ddp: SIGKILL of a worker -> training again", f"{from_kill:.2f} s",
-         f"launcher recover_s {recover:.2f} s; lost {max(lost)} steps at most"),
-    ]
     print()
-    print(f"{'measurement':<44}{'median':>20}   vs baseline / notes")
-    print("-" * 110)
-    for label, value, note in rows:
-        print(f"{label:<44}{value:>20}   {note}")
-    print(f"\nbuiltin:mnist 4,000 train images, examples/mnist.yaml (cnn, batch 32, checkpoint "
-          f"every {every} steps), {args.epochs} epochs per run; medians of {args.repeats} "
-          f"repeats ({args.kills} kill runs); torch threads: {args.threads} single, {share} "
-          f"per ddp worker; {os.cpu_count()} cores; total {total_s:.0f} s")
+    print(f"{'measurement':<44}{'median':>18}  {'range':>15}   vs baseline / notes")
+    print("-" * 118)
+    for part, (base, ours) in sorted(runs.items(), key=lambda kv: kv[0] != "single"):
+        rows(part, base, ours)
+    if kills:
+        kill_rows(kills)
+    print(f"\nbuiltin:mnist 4,000 train images, examples/mnist.yaml (cnn, batch 32), "
+          f"{args.epochs} epochs per run; medians of {args.repeats} repeats, "
+          f"{args.kills} kill run(s); torch threads: {args.threads} single, {share} per ddp "
+          f"worker; {os.cpu_count()} cores; total {time.perf_counter() - t_start:.0f} s")
+
+
+def line(label: str, value: str, spread: str, note: str) -> None:
+    print(f"{label:<44}{value:>18}  {spread:>15}   {note}")
+
+
+def rows(part: str, base: list[dict[str, Any]], ours: list[dict[str, Any]]) -> None:
+    b, o = [rate(d) for d in base], [rate(d) for d in ours]
+    names = {"single": ("plain PyTorch loop, 1 process", "stratum single"),
+             "ddp": ("plain torch DDP, 2 processes (gloo)", "stratum ddp, 2 workers")}[part]
+    line(names[0], f"{median(b):,.0f} samples/s", f"{min(b):,.0f}-{max(b):,.0f}", "baseline")
+    line(names[1], f"{median(o):,.0f} samples/s", f"{min(o):,.0f}-{max(o):,.0f}",
+         f"{median(o) / median(b):.3f} (target >= 0.97)")
+    if part != "single":
+        return
+    blocking = [s for d in ours for s in d["blocking_s"]]
+    write = [s for d in ours for s in d["write_s"]]
+    step_s = ours[0]["batch"] / median(o)
+    every = ours[0]["checkpoint_every"]
+    line("checkpoint: loop blocked per save", f"{median(blocking) * 1e3:.1f} ms",
+         f"{min(blocking) * 1e3:.1f}-{max(blocking) * 1e3:.1f}",
+         f"{100 * median(blocking) / step_s:.1f}% of one step, "
+         f"{100 * median(blocking) / (every * step_s):.2f}% of the {every} steps between saves")
+    line("checkpoint: background write per save", f"{median(write) * 1e3:.1f} ms",
+         f"{min(write) * 1e3:.1f}-{max(write) * 1e3:.1f}",
+         f"{ours[0]['checkpoint_bytes'] / 2**20:.1f} MiB each (model, Adam state, rng)")
+
+
+def kill_rows(kills: list[dict[str, Any]]) -> None:
+    from_kill = [k["died_at"] + k["recover_s"] - k["killed_at"] for k in kills]
+    lost = [k["last_step"] - k["resumed_from"] for k in kills]
+    line("ddp: SIGKILL of a worker -> training again", f"{median(from_kill):.2f} s",
+         f"{min(from_kill):.2f}-{max(from_kill):.2f}",
+         f"launcher recover_s {median([k['recover_s'] for k in kills]):.2f} s; "
+         f"steps lost: {', '.join(map(str, lost))}")
 
 
 if __name__ == "__main__":

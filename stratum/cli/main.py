@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -58,7 +59,13 @@ def main() -> None:
         app()
     except StratumError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter teardown on the error path: a native thread pool (pyarrow's
+        # readers, torch's intra-op threads) still winding down then can abort the
+        # process ("terminate called without an active exception") and turn exit 1 into
+        # a signal. Everything we own is already closed or transactional.
+        os._exit(1)
 
 
 if __name__ == "__main__":
