@@ -90,7 +90,10 @@ class OnlineSettings(BaseModel):
     batch_size: int = Field(64, ge=1)
     replay_size: int = Field(2_000, ge=0)
     learning_rate: float = Field(1e-3, gt=0)
-    steps: int = Field(20, ge=1)
+    steps: int = Field(60, ge=1)
+    # torch threads of the learner: it shares the machine with the replicas it feeds, and
+    # one thread per core in every process oversubscribes a small machine badly.
+    threads: int = Field(1, ge=1)
     holdout_tolerance: float = Field(0.01, ge=0)
     # A challenger is made once this many new feedback rows arrived, or once the oldest
     # unused one waited max_wait_s, or at once when drift fires.

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import torch
 
 from stratum.config import Settings
 from stratum.data import open_dataset
@@ -107,6 +108,7 @@ class Learner:
                  queue: Queue | None = None,
                  on_update: Callable[[Update], None] | None = None) -> None:
         self.settings, self.cfg, self.store, self.name = settings, settings.online, store, model
+        torch.set_num_threads(self.cfg.threads)
         assert settings.queue_url
         self.queue = queue or open_queue(settings.queue_url, feedback_stream(model))
         self.log = RequestLog.from_settings(settings, store.meta)
