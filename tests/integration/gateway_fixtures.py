@@ -125,3 +125,25 @@ class BackgroundLoad:
         self._stop.set()
         self._thread.join(60)
         return self.result
+
+
+def stop_control_plane(settings: Settings) -> None:
+    """SIGTERM the home's control plane (its session holds its replicas and gateways
+    too), then SIGKILL whatever is left after 20 s."""
+    import os
+    import signal
+
+    from stratum.control.discovery import read_record
+
+    rec = read_record(settings, check_alive=False)
+    if rec is None:
+        return
+    try:
+        os.killpg(int(rec["pid"]), signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            os.killpg(int(rec["pid"]), 0)
+            time.sleep(0.2)
+        os.killpg(int(rec["pid"]), signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -33,6 +33,7 @@ from tests.integration.gateway_fixtures import (
     gateway,
     load_loop,
     register_tiny,
+    stop_control_plane,
 )
 from tests.services import free_port
 
@@ -100,17 +101,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert not isinstance(out, Exception), out
         yield c
     finally:
-        rec = read_record(settings, check_alive=False)
-        if rec is not None:
-            try:  # the control plane's session holds its replicas and gateway too
-                os.killpg(int(rec["pid"]), signal.SIGTERM)
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    os.killpg(int(rec["pid"]), 0)
-                    time.sleep(0.2)
-                os.killpg(int(rec["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_control_plane(settings)
 
 
 def test_deploy_serves_and_status_shows_replicas(cluster: Cluster) -> None:

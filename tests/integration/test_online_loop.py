@@ -27,12 +27,12 @@ from typer.testing import CliRunner
 
 from stratum.cli.main import app
 from stratum.config import Settings, load_settings
-from stratum.control.discovery import read_record
 from stratum.online.demo import digits
 from stratum.online.learner import Learner
 from stratum.store import Store
 from stratum.store.models import ProcessedMessage
 from stratum.train import fit, parse_config
+from tests.integration.gateway_fixtures import stop_control_plane
 from tests.integration.train_helpers import example
 from tests.services import free_port
 
@@ -117,17 +117,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
         yield lp
     finally:
         lp.store.close()
-        rec = read_record(settings, check_alive=False)
-        if rec is not None:
-            try:
-                os.killpg(int(rec["pid"]), signal.SIGTERM)
-                deadline = time.monotonic() + 20
-                while time.monotonic() < deadline:
-                    os.killpg(int(rec["pid"]), 0)
-                    time.sleep(0.2)
-                os.killpg(int(rec["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_control_plane(settings)
 
 
 def test_feedback_is_checked_and_deduplicated(loop: Loop) -> None:

@@ -222,19 +222,22 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
     with _replica(settings, "img@1", tmp / "img.log") as url:
         _register_img(store, 2)
         _register_img(store, 3, broken=True)
-        results: list[tuple[int, str, int | None]] = []  # (status, header, body version)
+        # (sent at, status, header, body version): the order of appends from six threads
+        # is not the order of answers, so each request carries when it was sent.
+        results: list[tuple[float, int, str, int | None]] = []
         stop = threading.Event()
         sample = {"instances": [np.linspace(0, 1, 64).reshape(1, 8, 8).tolist()]}
 
         def load() -> None:
             with httpx.Client(base_url=url, timeout=10) as c:
                 while not stop.is_set():
+                    sent = time.monotonic()
                     try:
                         r = c.post("/v1/models/img:predict", json=sample)
                         v = r.json().get("model_version") if r.status_code == 200 else None
-                        results.append((r.status_code, r.headers["x-model-version"], v))
+                        results.append((sent, r.status_code, r.headers["x-model-version"], v))
                     except httpx.HTTPError as exc:
-                        results.append((-1, repr(exc), None))
+                        results.append((sent, -1, repr(exc), None))
 
         workers = [threading.Thread(target=load) for _ in range(6)]
         for w in workers:
@@ -243,8 +246,9 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
         with httpx.Client(base_url=url, timeout=60) as admin:
             broken = admin.post("/admin/swap", json={"ref": "3"})
             missing = admin.post("/admin/swap", json={"ref": "img@99"})
+            asked = time.monotonic()
             swap = admin.post("/admin/swap", json={"ref": "2"})
-            done_at = len(results)
+            switched = time.monotonic()
             time.sleep(0.5)
             stop.set()
             for w in workers:
@@ -256,12 +260,11 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
     assert missing.status_code == 404, missing.text
     assert swap.status_code == 200 and swap.json() == {"name": "img", "version": 2,
                                                        "previous": 1}
-    statuses = Counter(s for s, _, _ in results)
+    statuses = Counter(s for _, s, _, _ in results)
     assert statuses == Counter({200: len(results)}), statuses
-    assert all(h == str(v) for _, h, v in results)  # header and body name the same version
-    versions = [v for _, _, v in results]
-    assert set(versions) == {1, 2} and 2 not in versions[: done_at // 2]
-    assert set(versions[done_at + 6:]) == {2}  # after the switch (+ those in flight): new only
+    assert all(h == str(v) for _, _, h, v in results)  # header and body name the same version
+    assert {v for t, _, _, v in results if t < asked} == {1}  # before the swap: old only
+    assert {v for t, _, _, v in results if t > switched} == {2}  # after the switch: new only
     assert info["version"] == 2 and info["inflight"] == 0
     assert 'stratum_replica_swaps_total{outcome="ok"} 1.0' in text
     assert 'stratum_replica_swaps_total{outcome="failed"} 2.0' in text
