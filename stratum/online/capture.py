@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 
@@ -51,9 +53,13 @@ class InputCapture:
                 return 0
             try:
                 n = self.log.log_many(batch, feature_names=self.feature_names)
-            except Exception:
-                # Put them back in front so a passing lock does not lose them.
+            except OperationalError:
+                # A passing lock: put them back in front and try again next flush.
                 self._buf.extendleft(reversed(batch))
+                raise
+            except Exception:
+                # Rows that cannot be stored at all must not block every later flush.
+                self.dropped += len(batch)
                 raise
             self.written += n
             return n

@@ -393,10 +393,11 @@ def served(slot: ModelSlot, y: np.ndarray) -> dict[str, Any]:
     return {"values": y.reshape(-1).tolist()}
 
 
-def instances_of(inputs: list[oip.Tensor]) -> list[Any]:
-    """OIP tensors as the plain route's instances (rows, or one object per row)."""
+def instances_of(inputs: list[oip.Tensor]) -> Any:
+    """OIP tensors as the plain route's instances: the array itself (serialised by orjson
+    when the capture is written, off the request path), or one object per row."""
     if len(inputs) == 1:
-        return list(inputs[0].array.tolist())
+        return np.ascontiguousarray(inputs[0].array)
     columns = {t.name: t.array.reshape(-1).tolist() for t in inputs}
     n = min(len(c) for c in columns.values())
     return [{k: c[i] for k, c in columns.items()} for i in range(n)]
