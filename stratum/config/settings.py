@@ -46,6 +46,8 @@ class ServeSettings(BaseModel):
     runtime_threads: int | None = None
     # torch.compile the network at load (slower start, sometimes faster forward).
     compile: bool = False
+    # Serve conv nets in the channels-last (NHWC) layout oneDNN is fastest on.
+    channels_last: bool = True
     # How long /admin/drain and a retiring version wait for requests in flight.
     drain_timeout_s: float = Field(30.0, gt=0)
     # The replica's GIL switch interval. The forward thread needs the GIL back after

@@ -8,7 +8,9 @@ exactly its own rows of the result.
 
 Under load no timer is needed: requests pile up while the previous batch computes, and
 the next batch takes them all. ``max_wait_ms`` only matters for a lightly loaded replica,
-where it trades a little latency for bigger batches.
+where it trades a little latency for bigger batches — and only once the last batch showed
+that requests do come together: a client sending one request at a time would otherwise
+pay the whole wait on every request for company that never comes.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Batcher:
         self._only_when_full = False
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._company = False  # did the last forward pass serve more than one request?
 
     # -- public ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -89,7 +92,8 @@ class Batcher:
                 busy = False
                 await self._sleep(loop, None, only_when_full=False)
                 continue
-            if not busy and self.max_wait_s > 0 and self.queue_depth < self.max_batch_size:
+            if (not busy and self._company and self.max_wait_s > 0
+                    and self.queue_depth < self.max_batch_size):
                 # An idle replica got its first request: give others a moment to join.
                 await self._sleep(loop, self.max_wait_s, only_when_full=True)
             await self._compute(loop, self._take())
@@ -126,6 +130,7 @@ class Batcher:
         return batch
 
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        self._company = len(batch) > 1
         xs = [it.x for it in batch]
         try:
             y = await loop.run_in_executor(self.executor, _stack_and_forward, self.forward, xs)

@@ -32,7 +32,8 @@ def load_runtime(loaded: LoadedModel, settings: ServeSettings) -> Runtime:
     if framework == "torch":
         from stratum.serve.runtimes.torch_rt import TorchRuntime
 
-        return TorchRuntime(loaded, compile=settings.compile)
+        return TorchRuntime(loaded, compile=settings.compile,
+                            channels_last=settings.channels_last)
     if framework == "onnx":
         from stratum.serve.runtimes.onnx_rt import OnnxRuntime
 

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, delete, select, text
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker
 
 from stratum.config import Settings
@@ -28,11 +28,11 @@ from stratum.store.models import RequestRecord, utcnow
 
 _CHUNK = 500  # ids per IN (...) lookup, under driver parameter limits
 _COLUMNS = "request_id, model, version, ts, expires_at, inputs, prediction"
-_INSERT_SQLITE = (f"INSERT OR IGNORE INTO request_log ({_COLUMNS}) VALUES (:request_id, "
-                  ":model, :version, :ts, :expires_at, :inputs, :prediction)")
-_INSERT_PG = (f"INSERT INTO request_log ({_COLUMNS}) VALUES (:request_id, :model, :version, "
-              ":ts, :expires_at, CAST(:inputs AS JSON), CAST(:prediction AS JSON)) "
-              "ON CONFLICT (request_id) DO NOTHING")
+# Driver-level statements (positional parameters, executemany): replicas write every
+# request they serve, and SQLAlchemy's per-row parameter processing cost more than SQLite.
+_INSERT_SQLITE = f"INSERT OR IGNORE INTO request_log ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PG = (f"INSERT INTO request_log ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, "
+              "CAST(%s AS JSON), CAST(%s AS JSON)) ON CONFLICT (request_id) DO NOTHING")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class RequestLog:
         self.pii_columns = frozenset(pii_columns)
         self.mask_key = mask_key
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._insert_many = text(_INSERT_SQLITE if self.engine.dialect.name == "sqlite"
-                                 else _INSERT_PG)
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._insert_many = _INSERT_SQLITE if self._sqlite else _INSERT_PG
 
     @classmethod
     def from_settings(cls, settings: Settings, store: MetadataStore | Engine) -> RequestLog:
@@ -96,10 +96,9 @@ class RequestLog:
         Entries are ``LoggedRequest`` or mappings with its field names (``ts`` optional).
         A request id logged before is skipped, so a retried batch is harmless.
         """
-        # Replicas call this for every request they serve, so it is one cached statement
-        # run as executemany over rows serialised here (orjson, numpy as is): no per-batch
-        # statement compilation, no Python walk over the values.
-        sqlite = self.engine.dialect.name == "sqlite"
+        # Replicas call this for every request they serve: one driver-level executemany
+        # over rows serialised here (orjson, numpy as is), nothing compiled per batch.
+        sqlite = self._sqlite
         rows = []
         for e in entries:
             entry = e if isinstance(e, LoggedRequest) else _entry(e)
@@ -107,19 +106,18 @@ class RequestLog:
             if not self.sampled(entry.request_id):
                 continue
             ts = _aware(entry.ts)
+            expires = ts + self.retention
             inputs = mask(entry.inputs, self.pii_columns, feature_names=feature_names,
                           key=self.mask_key) if self.pii_columns else entry.inputs
-            rows.append({
-                "request_id": entry.request_id, "model": entry.model,
-                "version": entry.version,
-                "ts": _sqlite_ts(ts) if sqlite else ts,
-                "expires_at": _sqlite_ts(ts + self.retention) if sqlite else ts + self.retention,
-                "inputs": _dumps(inputs), "prediction": _dumps(entry.prediction),
-            })
+            rows.append((
+                entry.request_id, entry.model, entry.version,
+                _sqlite_ts(ts) if sqlite else ts, _sqlite_ts(expires) if sqlite else expires,
+                _dumps(inputs), _dumps(entry.prediction),
+            ))
         if not rows:
             return 0
         with self.engine.begin() as conn:
-            return int(conn.execute(self._insert_many, rows).rowcount or 0)
+            return int(conn.exec_driver_sql(self._insert_many, rows).rowcount or 0)
 
     def get(self, request_id: str) -> LoggedRequest | None:
         """The logged request, or None if it was never logged, not sampled or expired."""
@@ -188,5 +186,6 @@ def _dumps(value: Any) -> str:
 
 
 def _sqlite_ts(ts: datetime) -> str:
-    # The text SQLAlchemy's SQLite DateTime stores (UTC), so its reads and comparisons work.
-    return ts.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The text SQLAlchemy's SQLite DateTime stores (UTC, "YYYY-MM-DD HH:MM:SS.ffffff"), so
+    # its reads and comparisons work; isoformat is several times cheaper than strftime.
+    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")

@@ -4,6 +4,7 @@ limit, a failing forward reaches every waiter, close() finishes what was submitt
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -100,3 +101,35 @@ def test_close_finishes_submitted_work_then_refuses_more() -> None:
             await b.submit(np.zeros((1, 1)))
 
     asyncio.run(main())
+
+
+def test_the_wait_for_company_is_paid_only_when_requests_come_together() -> None:
+    """One request at a time never waits max_wait_ms; once a batch held several requests,
+    an idle batcher waits for company again."""
+    async def main() -> tuple[list[float], list[int]]:
+        calls: list[int] = []
+        b = Batcher(_forward(calls), max_batch_size=64, max_wait_ms=200.0)
+        b.start()
+        x = np.ones((1, 2), dtype=np.float32)
+        lone = []
+        for _ in range(3):  # sequential: no company ever
+            t0 = time.perf_counter()
+            await b.submit(x)
+            lone.append(time.perf_counter() - t0)
+        await asyncio.gather(*(b.submit(x) for _ in range(4)))  # together: one batch
+        t0 = time.perf_counter()
+        await asyncio.gather(b.submit(x), _later(b.submit(x), 0.05))
+        lone.append(time.perf_counter() - t0)
+        await b.close()
+        return lone, calls
+
+    times, calls = asyncio.run(main())
+    assert max(times[:3]) < 0.1, times  # never the 200 ms wait
+    assert calls[:4] == [1, 1, 1, 4]
+    # After a shared batch the next idle start waits, so a request 50 ms later joins it.
+    assert calls[4:] == [2] and times[3] >= 0.05, (calls, times)
+
+
+async def _later(coro, delay: float):  # type: ignore[no-untyped-def]
+    await asyncio.sleep(delay)
+    return await coro

@@ -17,17 +17,25 @@ from stratum.store import ModelSpec, Store, load_model, register_model
 from stratum.train.zoo import build_model
 
 
-def test_torch_runtime_matches_the_network(store: Store, settings: Settings) -> None:
+@pytest.mark.parametrize(("arch", "shape", "params", "nhwc"), [
+    ("mlp", [5], {"hidden": [8]}, False),
+    ("cnn", [1, 28, 28], {}, True),   # served channels-last: same numbers, other layout
+    ("resnet", [3, 16, 16], {}, True),
+])
+def test_torch_runtime_matches_the_network(store: Store, settings: Settings, arch: str,
+                                           shape: list[int], params: dict[str, object],
+                                           nhwc: bool) -> None:
     torch.manual_seed(1)
-    net = build_model("mlp", [5], 3, hidden=[8]).eval()
-    spec = ModelSpec(architecture="mlp", params={"hidden": [8]}, input_shape=[5],
+    net = build_model(arch, shape, 3, **params).eval()
+    spec = ModelSpec(architecture=arch, params=params, input_shape=shape,
                      classes=["a", "b", "c"])
     register_model(store.meta, store.artifacts, "tiny", spec, weights=net.state_dict())
     rt = load_runtime(load_model(store.meta, store.artifacts, "tiny", "1"), settings.serve)
-    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    assert getattr(rt, "channels_last", None) is nhwc
+    x = np.random.default_rng(0).normal(size=(7, *shape)).astype(np.float32)
     with torch.no_grad():
         want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
-    np.testing.assert_allclose(rt.predict(x), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rt.predict(x), want, rtol=1e-4, atol=1e-6)
 
 
 def _iris_model() -> tuple[LogisticRegression, np.ndarray]:
