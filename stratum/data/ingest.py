@@ -32,7 +32,7 @@ from safetensors.numpy import save as st_save
 from stratum.data.cleaning import CleaningReport, Deduper, clean_batch
 from stratum.data.dataset import ROW_ID, SPLIT
 from stratum.data.fitting import fill_values, fit_pipeline
-from stratum.data.readers import RetryAsText
+from stratum.data.readers import RetryAsText, prefetch
 from stratum.data.schema import Schema, infer_schema, infer_task
 from stratum.data.sharding import row_hashes, shard_of
 from stratum.data.sources import Source, open_source
@@ -149,7 +149,7 @@ def _pass_one(src: Source, schema: Schema, target_type: pa.DataType, shards: int
     columns = [*schema.feature_names, schema.target]
     next_id, out_schema = 0, None
     try:
-        for raw in src.batches(schema, batch_rows):
+        for raw in prefetch(src.batches(schema, batch_rows)):
             if progress is not None:
                 progress(raw.num_rows)
             batch = clean_batch(raw, schema, target_type, report)

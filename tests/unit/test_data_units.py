@@ -179,3 +179,27 @@ def test_augment_is_seeded_and_keeps_shape_and_type() -> None:
     assert rot[0, 0, 2, 0] < 0.1 and max(rot[0, 0, 0, 2], rot[0, 0, 4, 2]) > 0.9
     with pytest.raises(DataError):
         Augment()(np.zeros((4, 4)))
+
+
+def test_prefetch_keeps_order_raises_in_place_and_stops_its_thread() -> None:
+    import threading
+
+    from stratum.data.readers import prefetch
+
+    def gen(fail_at: int | None):  # type: ignore[no-untyped-def]
+        for i in range(6):
+            if i == fail_at:
+                raise ValueError(f"bad block {i}")
+            yield i
+
+    assert list(prefetch(gen(None))) == list(range(6))
+    seen = []
+    with pytest.raises(ValueError, match="bad block 3"):
+        for v in prefetch(gen(3)):
+            seen.append(v)
+    assert seen == [0, 1, 2]  # every batch before the failure, none after
+    before = threading.active_count()
+    for v in prefetch(gen(None), depth=1):
+        if v == 1:
+            break  # the consumer leaves early: the reader thread must not linger
+    assert threading.active_count() <= before
