@@ -99,6 +99,12 @@ class PermissionDeniedError(AuthError):
     http_status = 403
 
 
+class PayloadTooLargeError(StratumError):
+    """A request body over the configured limit (replica and gateway alike)."""
+
+    http_status = 413
+
+
 class QueueError(StratumError):
     """The feedback/event queue could not accept or deliver a message."""
 
@@ -114,6 +120,7 @@ __all__ = [
     "IntegrityError",
     "InvalidNameError",
     "NotFoundError",
+    "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueError",
     "ServingError",

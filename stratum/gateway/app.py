@@ -28,13 +28,14 @@ import orjson
 from pydantic import ValidationError
 
 from stratum.config import Settings
-from stratum.errors import NotFoundError, ServingError, StratumError
+from stratum.errors import NotFoundError, PayloadTooLargeError, ServingError, StratumError
 from stratum.gateway.auth import KeyChecker, RateLimiter, presented_key, scope_for
 from stratum.gateway.health import Health
 from stratum.gateway.metrics import GatewayMetrics
 from stratum.gateway.retry import RetryBudget, should_retry
 from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
 from stratum.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
+from stratum.serve.http import read_body
 from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,6 @@ class Call:
     headers: dict[bytes, bytes]  # names lower-case
     client: str | None
     read_body: Callable[[], Awaitable[bytes]]
-
-
-class PayloadTooLargeError(StratumError):
-    http_status = 413
 
 
 class _BadRequest(StratumError):
@@ -147,22 +144,11 @@ class Gateway:
             target += b"?" + scope["query_string"]
         client = scope.get("client")
 
-        async def read_body() -> bytes:
-            chunks = []
-            size, limit = 0, self.cfg.max_body_bytes
-            while True:
-                msg = await receive()
-                chunk = msg.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"the body is over the {limit}-byte limit",
-                                               hint="send fewer samples per request")
-                chunks.append(chunk)
-                if not msg.get("more_body"):
-                    return b"".join(chunks)
+        def read() -> Awaitable[bytes]:  # Content-Length is checked in _read_body
+            return read_body(receive, self.cfg.max_body_bytes, None)
 
         call = Call(scope["method"], scope["path"], target.decode("latin-1"),
-                    dict(scope["headers"]), client[0] if client else None, read_body)
+                    dict(scope["headers"]), client[0] if client else None, read)
         status, headers, body = await self.handle(call)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

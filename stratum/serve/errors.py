@@ -9,14 +9,11 @@ from __future__ import annotations
 from stratum.errors import (
     BadRequestError,
     NotFoundError,
+    PayloadTooLargeError,
     ServingError,
     SignatureError,
     StratumError,
 )
-
-
-class PayloadTooLargeError(StratumError):
-    http_status = 413
 
 
 class UnsupportedMediaTypeError(StratumError):

@@ -8,7 +8,7 @@ per-request validation models, one dict lookup to route a path already seen.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +88,7 @@ class Router:
         )
 
 
-async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]], limit: int,
+async def read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]], limit: int,
                     declared: str | None) -> bytes:
     """The whole request body, refusing (413) anything over ``limit`` bytes — early when
     Content-Length says so, otherwise as soon as the chunks pass the limit."""
