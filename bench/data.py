@@ -4,15 +4,18 @@ Generates a 1,000,000-row x 20-column CSV (18 numeric features, 1 categorical, 1
 label) in a temp dir, then, in separate child processes (so each one's peak RSS is its
 own, from getrusage(RUSAGE_SELF).ru_maxrss): plain pyarrow reading the CSV and writing
 one Parquet file, and ``stratum.data.ingest``
-cleaning, splitting and sharding it into 8 shards x 2 replicas. Prints a table.
+cleaning, splitting and sharding it into 8 shards x 2 replicas. The two alternate
+``--repeat`` times (the machine's noise hits both alike); the table shows medians and the
+ratio is the median of the paired per-round ratios.
 
-    .venv/bin/python bench/data.py [--rows 1000000] [--shards 8] [--replicas 2]
+    .venv/bin/python bench/data.py [--rows 1000000] [--shards 8] [--replicas 2] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +85,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--replicas", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="stratum-bench-data-") as tmp:
         root = Path(tmp)
@@ -91,17 +95,28 @@ def main() -> None:
         size = csv.stat().st_size
         print(f"generated {args.rows:,} rows x 20 columns ({size / 2**20:.0f} MiB) in "
               f"{time.perf_counter() - t:.1f}s")
-        plain = run_child("pyarrow", csv, root / "plain", args.shards, args.replicas)
-        ours = run_child("stratum", csv, root / "ours", args.shards, args.replicas)
-    ratio = (ours["rows"] / ours["seconds"]) / (plain["rows"] / plain["seconds"])
+        plains, ours_runs = [], []
+        for i in range(args.repeat):
+            plains.append(run_child("pyarrow", csv, root / f"plain{i}", args.shards,
+                                    args.replicas))
+            ours_runs.append(run_child("stratum", csv, root / f"ours{i}", args.shards,
+                                       args.replicas))
+    ratios = [(o["rows"] / o["seconds"]) / (p["rows"] / p["seconds"])
+              for p, o in zip(plains, ours_runs, strict=True)]
+    ratio = statistics.median(ratios)
     print()
-    print(f"{'run':<44}{'seconds':>9}{'rows/s':>13}{'peak RSS':>11}")
-    for label, r in (("pyarrow read_csv + write one Parquet file", plain),
-                     (f"stratum ingest+clean+shard {args.shards}x{args.replicas}", ours)):
-        print(f"{label:<44}{r['seconds']:>9.2f}{r['rows'] / r['seconds']:>13,.0f}"
-              f"{r['peak_bytes'] / 2**20:>8.0f} MiB")
-    print(f"\nthroughput ratio stratum/pyarrow: {ratio:.2f} (target >= 0.5)")
-    print(f"stratum peak memory: {ours['peak_bytes'] / 2**20:.0f} MiB (target < 1024 MiB)")
+    print(f"{'run (median of ' + str(args.repeat) + ')':<44}{'seconds':>9}{'rows/s':>13}"
+          f"{'peak RSS':>11}")
+    for label, runs in (("pyarrow read_csv + write one Parquet file", plains),
+                        (f"stratum ingest+clean+shard {args.shards}x{args.replicas}", ours_runs)):
+        secs = statistics.median(r["seconds"] for r in runs)
+        peak = max(r["peak_bytes"] for r in runs)
+        print(f"{label:<44}{secs:>9.2f}{runs[0]['rows'] / secs:>13,.0f}"
+              f"{peak / 2**20:>8.0f} MiB")
+    print(f"\nthroughput ratio stratum/pyarrow: {ratio:.2f} median of {args.repeat} paired "
+          f"runs ({min(ratios):.2f}-{max(ratios):.2f}; target >= 0.5)")
+    peak = max(r["peak_bytes"] for r in ours_runs)
+    print(f"stratum peak memory: {peak / 2**20:.0f} MiB (target < 1024 MiB)")
 
 
 if __name__ == "__main__":

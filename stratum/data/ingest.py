@@ -1,23 +1,24 @@
 """``ingest(source, name, store)``: stream, clean, split, shard and version a dataset.
 
-Two passes, memory bounded by one batch (pass 1) and one shard (pass 2):
+Two passes, memory bounded by a few batches (pass 1) and one shard (pass 2):
 
 1. Stream batches from the source; type and clean each; drop duplicates by row
-   fingerprint; give each kept row an id, a split and a shard (``hash(key) % N``); append
-   it to that shard's local spill file while statistics accumulate.
+   fingerprint; give each kept row an id, a split and a shard (``hash(key) % N``); hand
+   it to ``ShardFiles``, which writes each shard once as R byte-identical replica files
+   staged in the artifact store (hashed and made durable as they are written, on a
+   background thread) while statistics accumulate.
 2. The version is a content hash of the layout, the schema, the imputation values and
-   every kept row's fingerprint. If it exists, nothing is written (same data, same
-   version). Otherwise missing values are imputed shard by shard and each shard is
-   published R times (byte-identical replicas) through the artifact store, checksummed,
-   and only then is the version row recorded with its schema, statistics, cleaning
-   report, shard map and fitted preprocessing pipeline.
+   every kept row's fingerprint. If it exists, nothing is published (same data, same
+   version). Otherwise a shard with missing values is rewritten with them imputed, each
+   staged replica is published under the version's path with its checksum, and only
+   then is the version row recorded with its schema, statistics, cleaning report, shard
+   map and fitted preprocessing pipeline.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from stratum.data.readers import RetryAsText, prefetch
 from stratum.data.schema import Schema, infer_schema, infer_task
 from stratum.data.sharding import row_hashes, shard_of
 from stratum.data.sources import Source, open_source
+from stratum.data.spill import ShardFiles, write_replicas
 from stratum.data.split import Splitter
 from stratum.data.stats import StatsAccumulator
 from stratum.errors import DataError, NotFoundError
@@ -62,7 +64,7 @@ class _Pass:
     stats: StatsAccumulator
     fingerprint: bytes
     shard_rows: np.ndarray
-    spills: list[Path]
+    staged: list[tuple[list[Path], str]]  # per shard: replica files, their sha256
     rows: int
 
 
@@ -82,21 +84,27 @@ def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: i
     if shard_key is not None and shard_key not in [resolved.target, *resolved.feature_names]:
         raise DataError(f"shard key {shard_key!r} is not a column of {src.where}",
                         hint=f"choose one of {[resolved.target, *resolved.feature_names]}")
-    with tempfile.TemporaryDirectory(prefix="stratum-ingest-") as tmp:
+    dictionary = _repeating_columns(resolved)
+    files = ShardFiles(store.artifacts.staging_dir(), shards, replicas, dictionary=dictionary)
+    try:
         try:
-            done = _pass_one(src, resolved, target_type, shards, shard_key, Path(tmp),
-                             batch_rows, progress)
+            done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
+                             progress)
         except RetryAsText:
             # A number column held text: read again as text so cleaning counts bad rows.
-            done = _pass_one(src, resolved, target_type, shards, shard_key, Path(tmp),
-                             batch_rows, progress)
+            files.discard()
+            files = ShardFiles(store.artifacts.staging_dir(), shards, replicas,
+                               dictionary=dictionary)
+            done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
+                             progress)
         if done.rows == 0:
             raise DataError(f"{src.where}: the dataset is empty after cleaning ("
                             + "; ".join(done.report.lines()) + ")")
         if resolved.task == "classification":
             classes = resolved.classes or sorted(done.stats.target, key=_class_order)
             resolved = resolved.model_copy(update={"classes": classes})
-        fills = fill_values(resolved, done.stats, done.spills, done.report)
+        fills = fill_values(resolved, done.stats, [p[0] for p, _ in done.staged],
+                            done.report)
         schema_doc = {**resolved.model_dump(mode="json"), "target_type": str(target_type)}
         layout = {"shards": shards, "replicas": replicas, "shard_key": shard_key,
                   "hash": HASH_NAME}
@@ -109,6 +117,8 @@ def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: i
         row = _publish(store, name, version, src.where, resolved, schema_doc, layout,
                        fills, done)
         return IngestResult(row, True, done.report)
+    finally:
+        files.discard()  # published files were moved away; this removes the rest
 
 
 def resolve_schema(src: Source, declared: Schema | None) -> tuple[Schema, pa.DataType]:
@@ -132,69 +142,64 @@ def resolve_schema(src: Source, declared: Schema | None) -> tuple[Schema, pa.Dat
     return schema, target_type
 
 
+def _repeating_columns(schema: Schema) -> list[str]:
+    """Columns whose values repeat: Parquet dictionary-encodes these and only these."""
+    cols = [f.name for f in schema.features if f.type == "categorical"]
+    if schema.task == "classification":
+        cols.append(schema.target)
+    return [*cols, SPLIT]
+
+
 def _class_order(label: Any) -> tuple[int, Any]:
     return (0, label) if isinstance(label, int | float) else (1, str(label))
 
 
-def _pass_one(src: Source, schema: Schema, target_type: pa.DataType, shards: int,
-              shard_key: str | None, tmp: Path, batch_rows: int,
+def _pass_one(src: Source, schema: Schema, target_type: pa.DataType,
+              shard_key: str | None, files: ShardFiles, batch_rows: int,
               progress: Callable[[int], None] | None) -> _Pass:
     report, dedupe = CleaningReport(), Deduper()
     splitter = Splitter(schema.val_fraction, schema.test_fraction)
     stats = StatsAccumulator(schema)
     fingerprint = hashlib.blake2b(digest_size=32)
-    writers: dict[int, pq.ParquetWriter] = {}
-    spills = [tmp / f"spill-{i:05d}.parquet" for i in range(shards)]
+    shards = files.shards
     shard_rows = np.zeros(shards, dtype=np.int64)
     columns = [*schema.feature_names, schema.target]
-    next_id, out_schema = 0, None
-    try:
-        for raw in prefetch(src.batches(schema, batch_rows)):
-            if progress is not None:
-                progress(raw.num_rows)
-            batch = clean_batch(raw, schema, target_type, report)
-            if batch.num_rows == 0:
-                continue
-            hashes = row_hashes(batch, columns)
-            if schema.dedupe:
-                keep = dedupe.keep(hashes)
-                report.duplicates += int((~keep).sum())
-                if not keep.all():
-                    batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
-            n = batch.num_rows
-            if n == 0:
-                continue
-            ids = np.arange(next_id, next_id + n, dtype=np.int64)
-            next_id += n
-            fingerprint.update(hashes.tobytes())
-            target = batch.column(schema.target)
-            groups = target.to_numpy(zero_copy_only=False) if (
-                schema.task == "classification") else None
-            splits = splitter.assign(groups, n)
-            stats.add(batch, splits)
-            keys = ids if shard_key is None else batch.column(shard_key)
-            shard = shard_of(keys, shards)
-            full = batch.append_column(ROW_ID, pa.array(ids)).append_column(
-                SPLIT, pa.array(splits, pa.int8()))
-            out_schema = full.schema
-            order = np.argsort(shard, kind="stable")
-            bounds = np.searchsorted(shard[order], np.arange(shards + 1))
-            ordered = full.take(pa.array(order))
-            for i in range(shards):
-                lo, hi = int(bounds[i]), int(bounds[i + 1])
-                if hi > lo:
-                    if i not in writers:
-                        writers[i] = pq.ParquetWriter(spills[i], full.schema)
-                    writers[i].write_batch(ordered.slice(lo, hi - lo))
-                    shard_rows[i] += hi - lo
-    finally:
-        for w in writers.values():
-            w.close()
-    for i in range(shards):  # every shard exists, even an empty one
-        if i not in writers and out_schema is not None:
-            pq.write_table(out_schema.empty_table(), spills[i])
+    next_id = 0
+    for raw in prefetch(src.batches(schema, batch_rows)):
+        if progress is not None:
+            progress(raw.num_rows)
+        batch = clean_batch(raw, schema, target_type, report)
+        if batch.num_rows == 0:
+            continue
+        hashes = row_hashes(batch, columns)
+        if schema.dedupe:
+            keep = dedupe.keep(hashes)
+            report.duplicates += int((~keep).sum())
+            if not keep.all():
+                batch, hashes = batch.filter(pa.array(keep)), hashes[keep]
+        n = batch.num_rows
+        if n == 0:
+            continue
+        ids = np.arange(next_id, next_id + n, dtype=np.int64)
+        next_id += n
+        fingerprint.update(hashes.tobytes())
+        target = batch.column(schema.target)
+        groups = target.to_numpy(zero_copy_only=False) if (
+            schema.task == "classification") else None
+        splits = splitter.assign(groups, n)
+        stats.add(batch, splits)
+        keys = ids if shard_key is None else batch.column(shard_key)
+        shard = shard_of(keys, shards)
+        full = batch.append_column(ROW_ID, pa.array(ids)).append_column(
+            SPLIT, pa.array(splits, pa.int8()))
+        order = np.argsort(shard, kind="stable")
+        counts = np.bincount(shard, minlength=shards)
+        shard_rows += counts
+        files.write(pa.Table.from_batches([full.take(pa.array(order))]),
+                    [0, *np.cumsum(counts).tolist()])
+    staged = files.finish()
     report.rows_kept = next_id
-    return _Pass(report, stats, fingerprint.digest(), shard_rows, spills, next_id)
+    return _Pass(report, stats, fingerprint.digest(), shard_rows, staged, next_id)
 
 
 def _version_hash(schema_doc: dict[str, Any], layout: dict[str, Any], fills: dict[str, Any],
@@ -211,19 +216,15 @@ def _publish(store: Store, name: str, version: str, where: str, schema: Schema,
     written: list[str] = []
     try:
         files = []
-        for i, spill in enumerate(done.spills):
-            final = _imputed(spill, fills, schema)
-            paths = [f"{base}/shard-{i:05d}-r{r}.parquet" for r in range(layout["replicas"])]
-            digests = set()
-            for path in paths:
+        for i, (staged, digest) in enumerate(done.staged):
+            digest = _impute(staged, digest, fills, _repeating_columns(schema))
+            size = staged[0].stat().st_size
+            paths = [f"{base}/shard-{i:05d}-r{r}.parquet" for r in range(len(staged))]
+            for path, local in zip(paths, staged, strict=True):
                 written.append(path)
-                digests.add(_upload(store, path, final))
-                digests.add(store.artifacts.checksum(path))
-            if len(digests) != 1:
-                raise DataError(f"shard {i} replicas of {name}@{version[:12]} differ after "
-                                "writing; the artifact store is not consistent")
-            files.append({"shard": i, "rows": int(done.shard_rows[i]), "sha256": digests.pop(),
-                          "bytes": final.stat().st_size, "paths": paths})
+                store.artifacts.put_file(path, local, digest=digest)
+            files.append({"shard": i, "rows": int(done.shard_rows[i]), "sha256": digest,
+                          "bytes": size, "paths": paths})
         pipeline = fit_pipeline(schema, done.stats, fills)
         config, arrays = pipeline.to_artifacts()
         arrays_path = f"{base}/preprocessing.safetensors"
@@ -248,31 +249,19 @@ def _publish(store: Store, name: str, version: str, where: str, schema: Schema,
         raise
 
 
-def _upload(store: Store, path: str, local: Path) -> str:
-    """Stream a local file through the store's atomic writer; returns its sha256."""
-    with local.open("rb") as fh, store.artifacts.writer(path) as w:
-        while chunk := fh.read(1 << 22):
-            w.write(chunk)
-    assert w.digest is not None
-    return str(w.digest)
-
-
-def _imputed(spill: Path, fills: dict[str, Any], schema: Schema) -> Path:
-    """The shard file with missing values filled (the spill itself when none are)."""
+def _impute(staged: list[Path], digest: str, fills: dict[str, Any],
+            dictionary: list[str]) -> str:
+    """Fill the shard's missing values in place (every replica); returns its sha256."""
     if not fills:
-        return spill
-    table = pq.read_table(spill)
+        return digest
+    table = pq.read_table(staged[0])
     changed = False
     for col, value in fills.items():
         idx = table.schema.get_field_index(col)
         if table.column(idx).null_count:
             table = table.set_column(idx, col, pc.fill_null(table.column(idx), value))
             changed = True
-    if not changed:
-        return spill
-    out = spill.with_suffix(".filled.parquet")
-    pq.write_table(table, out)
-    return out
+    return write_replicas(table, staged, dictionary) if changed else digest
 
 
 __all__ = ["IngestResult", "ingest", "resolve_schema"]

@@ -24,6 +24,7 @@ from stratum.data.sources import IMAGE_SUFFIXES, TableSource, image_column, squa
 from stratum.errors import DataError
 
 _SAMPLE_BYTES = 1 << 20
+_MIN_PIECE_BYTES = 1 << 20  # CSV is parsed in pieces of at least this many bytes
 
 
 class RetryAsText(Exception):
@@ -41,8 +42,10 @@ class CsvSource:
     def hints(self) -> Schema | None:
         return None
 
-    def _open(self, block_size: int, types: dict[str, pa.DataType] | None = None,
-              wrap: bool = True, threads: bool = True) -> pacsv.CSVStreamingReader:
+    def _options(self, types: dict[str, pa.DataType], *, names: list[str] | None = None,
+                 threads: bool = True, block_size: int | None = None) -> dict[str, Any]:
+        """pyarrow CSV options; rows with the wrong column count are kept in ``_bad`` so
+        the error can name the line."""
         bad: list[Any] = []
 
         def on_invalid(row: Any) -> str:
@@ -50,19 +53,15 @@ class CsvSource:
             return "error"
 
         self._bad = bad
-        try:
-            return pacsv.open_csv(
-                self.path,
-                read_options=pacsv.ReadOptions(block_size=block_size, use_threads=threads),
-                parse_options=pacsv.ParseOptions(delimiter=self.delimiter,
-                                                 invalid_row_handler=on_invalid),
-                convert_options=pacsv.ConvertOptions(column_types=types or {},
-                                                     strings_can_be_null=True),
-            )
-        except (pa.ArrowInvalid, OSError) as exc:
-            if not wrap:
-                raise
-            raise self._error(exc) from exc
+        sizing = {"block_size": block_size} if block_size else {}
+        return {
+            "read_options": pacsv.ReadOptions(column_names=names, use_threads=threads,
+                                              **sizing),
+            "parse_options": pacsv.ParseOptions(delimiter=self.delimiter,
+                                                invalid_row_handler=on_invalid),
+            "convert_options": pacsv.ConvertOptions(column_types=types,
+                                                    strings_can_be_null=True),
+        }
 
     def _error(self, exc: Exception) -> DataError:
         msg = str(exc).splitlines()[0]
@@ -99,7 +98,11 @@ class CsvSource:
     def sample(self) -> pa.RecordBatch:
         # No reader threads for the sample: a read-ahead still running when an error ends
         # the process can abort the interpreter at exit.
-        reader = self._open(_SAMPLE_BYTES, threads=False)
+        try:
+            reader = pacsv.open_csv(self.path, **self._options({}, threads=False,
+                                                               block_size=_SAMPLE_BYTES))
+        except (pa.ArrowInvalid, OSError) as exc:  # open_csv parses the first block
+            raise self._error(exc) from exc
         try:
             batch = reader.read_next_batch()
         except StopIteration:
@@ -120,7 +123,7 @@ class CsvSource:
         return batch
 
     def batches(self, schema: Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        block = int(min(max(batch_rows * self._bytes_per_row, 1 << 20), 64 << 20))
+        block = int(min(max(batch_rows * self._bytes_per_row, _MIN_PIECE_BYTES), 64 << 20))
         if self.text_mode:
             types: dict[str, pa.DataType] = {c: pa.string() for c in self._sample_types}
         else:
@@ -130,21 +133,45 @@ class CsvSource:
                 self.text_mode = True  # a numeric column already holds text: go tolerant
                 yield from self.batches(schema, batch_rows)
                 return
-        reader = None
-        while True:
+        names: list[str] | None = None
+        for piece in self._pieces(block):
             try:
-                # open_csv parses the first block eagerly, so it can fail like a read.
-                reader = reader or self._open(block, types, wrap=False)
-                batch = reader.read_next_batch()
-            except StopIteration:
-                return
+                table = self._parse(piece, types, names)
             except (pa.ArrowInvalid, OSError) as exc:
                 if not self.text_mode and "conversion error" in str(exc) and (
                         "UTF8" not in str(exc)):
                     self.text_mode = True
                     raise RetryAsText(str(exc)) from exc
                 raise self._error(exc) from exc
-            yield batch
+            if names is None:
+                # Later pieces have no header; they keep the first piece's column types,
+                # as one streaming reader would (a value that does not fit → RetryAsText).
+                names = table.column_names
+                types = {**{n: t for n, t in zip(names, table.schema.types, strict=True)
+                            if not pa.types.is_null(t)}, **types}
+            if table.num_rows:
+                yield from table.combine_chunks().to_batches()
+
+    def _pieces(self, size: int) -> Iterator[bytes]:
+        """The file in pieces of about ``size`` bytes, each ending at a line end; the first
+        holds the header. Values cannot span lines (pyarrow's default, which we keep)."""
+        with self.path.open("rb") as fh:
+            rest = b""
+            while data := fh.read(size):
+                cut = data.rfind(b"\n") + 1
+                if not cut:
+                    rest += data
+                    continue
+                yield rest + data[:cut]
+                rest = data[cut:]
+            if rest:
+                yield rest
+
+    def _parse(self, piece: bytes, types: dict[str, pa.DataType],
+               names: list[str] | None) -> pa.Table:
+        """One piece with pyarrow's multi-threaded ``read_csv``: a streaming reader parses
+        one block at a time and runs at half its speed."""
+        return pacsv.read_csv(pa.BufferReader(piece), **self._options(types, names=names))
 
 
 class ParquetSource:

@@ -50,7 +50,9 @@ class PendingWrite:
 class ArtifactStore(Protocol):
     url: str
 
-    def put_file(self, path: str, local_path: str | Path) -> str: ...
+    def put_file(self, path: str, local_path: str | Path, *, digest: str | None = None
+                 ) -> str: ...
+    def staging_dir(self) -> Path: ...
     def put_bytes(self, path: str, data: bytes) -> str: ...
     def writer(self, path: str) -> Any: ...
     def get_bytes(self, path: str, *, verify: bool = True) -> bytes: ...
@@ -65,6 +67,11 @@ class _Base:
     """Shared logic: the sidecar protocol and the streaming writer."""
 
     url: str
+
+    def staging_dir(self) -> Path:
+        """A local folder for files about to be published: ``put_file`` moves a file from
+        here into a local store (a rename) instead of copying it."""
+        return self._tmp_dir()
 
     def _tmp_dir(self) -> Path:
         """The folder for temp files, created on first use (a fresh store has none)."""
@@ -81,9 +88,12 @@ class _Base:
     def _read(self, path: str) -> bytes:
         raise NotImplementedError
 
-    def put_file(self, path: str, local_path: str | Path) -> str:
+    def put_file(self, path: str, local_path: str | Path, *, digest: str | None = None
+                 ) -> str:
+        """Publish a local file under ``path``; a file in ``staging_dir()`` is moved, not
+        copied. Pass ``digest`` when the caller hashed the bytes as it wrote them."""
         validate_artifact_path(path)
-        digest = sha256_file(local_path)
+        digest = digest or sha256_file(local_path)
         self._commit(path, Path(local_path))
         self._write_sidecar(path, digest)
         return digest

@@ -94,3 +94,15 @@ def test_put_file_as_the_first_write(artifacts: ArtifactStore, tmp_path: Path) -
     digest = artifacts.put_file("x/first.bin", src)
     assert artifacts.get_bytes("x/first.bin") == src.read_bytes()
     assert digest == hashlib.sha256(src.read_bytes()).hexdigest()
+
+
+def test_staged_file_is_published_with_the_writers_digest(artifacts: ArtifactStore) -> None:
+    staged = artifacts.staging_dir() / ".shard-test.parquet"
+    staged.write_bytes(b"shard bytes")
+    digest = hashlib.sha256(b"shard bytes").hexdigest()
+    assert artifacts.put_file("datasets/d/v/shard-0.parquet", staged, digest=digest) == digest
+    assert artifacts.checksum("datasets/d/v/shard-0.parquet") == digest
+    assert artifacts.get_bytes("datasets/d/v/shard-0.parquet") == b"shard bytes"
+    # A local store moves a staged file in (a rename); a remote one uploads it.
+    assert staged.exists() == (not isinstance(artifacts, LocalArtifactStore))
+    assert artifacts.list("datasets") == ["datasets/d/v/shard-0.parquet"]

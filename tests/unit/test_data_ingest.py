@@ -68,6 +68,23 @@ def test_csv_ingest_versions_splits_and_replicas(store: Store, tmp_path: Path) -
     np.testing.assert_array_equal(ds.pipeline.transform(raw), ds.load("test")[0])
 
 
+def test_csv_read_in_pieces_loses_and_repeats_no_row(store: Store, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from stratum.data import readers
+
+    src = _csv(tmp_path / "p.csv", 3_000)
+    src.write_bytes(src.read_bytes().rstrip(b"\n"))  # no line end after the last row
+    whole = ingest(str(src), "whole", store, shards=3)
+    monkeypatch.setattr(readers, "_MIN_PIECE_BYTES", 4_096)  # ~30 pieces, cut mid-file
+    tiny = ingest(str(src), "tiny", store, shards=3, batch_rows=7)
+    assert whole.version.num_rows == tiny.version.num_rows == 3_000
+    # The version is the content: the same rows in the same order, however they were read.
+    assert whole.version.version == tiny.version.version
+    ids = open_dataset(store, "tiny").load_table(None)["id"].to_pylist()
+    assert sorted(ids) == list(range(3_000))
+    assert list(store.artifacts.staging_dir().iterdir()) == []  # nothing staged is left
+
+
 def test_workers_get_disjoint_shards_covering_everything(store: Store) -> None:
     ingest("builtin:iris", "iris", store, shards=5, replicas=1)
     ds = open_dataset(store, "iris")
@@ -213,3 +230,28 @@ def test_bad_sources_and_schemas(store: Store, tmp_path: Path) -> None:
                schema=Schema(target="t", features=[Feature(name="a", max=10)]))
     assert store.meta.datasets() == []
     assert not _artifact_root(store).joinpath("datasets").exists()
+    assert list(store.artifacts.staging_dir().iterdir()) == []
+
+
+def test_ingest_into_s3_publishes_staged_replicas(tmp_path: Path, s3_server: str,
+                                                  s3_options: dict[str, object]) -> None:
+    import hashlib
+    import uuid
+
+    import httpx
+
+    from stratum.config import load_settings
+
+    bucket = f"stratum-{uuid.uuid4().hex[:8]}"
+    httpx.put(f"{s3_server}/{bucket}").raise_for_status()
+    s3 = Store.open(load_settings(home=tmp_path / "home", artifact_url=f"s3://{bucket}/a",
+                                  artifact_options=s3_options))
+    try:
+        dv = ingest(str(_csv(tmp_path / "d.csv", 300)), "d", s3, shards=2, replicas=2).version
+        for f in dv.shard_map["files"]:
+            blobs = [s3.artifacts.get_bytes(p) for p in f["paths"]]  # verifies the sidecar
+            assert blobs[0] == blobs[1] and hashlib.sha256(blobs[0]).hexdigest() == f["sha256"]
+        assert len(open_dataset(s3, "d").load_table(None)) == 300
+        assert list(s3.artifacts.staging_dir().iterdir()) == []
+    finally:
+        s3.close()

@@ -48,9 +48,60 @@ def test_deduper_keeps_first_occurrence_across_batches() -> None:
     d = Deduper()
     assert d.keep(np.array([1, 2, 2, 3], np.uint64)).tolist() == [True, True, False, True]
     assert d.keep(np.array([3, 4, 1], np.uint64)).tolist() == [False, True, False]
-    for _ in range(12):  # enough runs to trigger a merge
-        d.keep(np.array([100], np.uint64) + np.uint64(len(d.runs)))
-    assert d.keep(np.array([4, 999], np.uint64)).tolist() == [False, True]
+    for i in range(12):
+        d.keep(np.array([100 + i], np.uint64))
+    assert d.keep(np.array([4, 999, 105, 999], np.uint64)).tolist() == [False, True, False,
+                                                                         False]
+    # Against a plain set, on random batches with repeats inside and across batches.
+    rng = np.random.default_rng(0)
+    ref, seen = Deduper(), set()
+    for _ in range(20):
+        batch = rng.integers(0, 5_000, 700).astype(np.uint64)
+        expected = []
+        for h in batch.tolist():
+            expected.append(h not in seen)
+            seen.add(h)
+        assert ref.keep(batch).tolist() == expected
+    assert ref.seen.tolist() == sorted(seen)
+
+
+# -- shard files ----------------------------------------------------------------------------
+def test_shard_files_writes_identical_hashed_replicas_and_cleans_up(tmp_path) -> None:
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from stratum.data.spill import ShardFiles
+
+    files = ShardFiles(tmp_path / "stage", shards=3, replicas=2, dictionary=["c"])
+    for start in range(0, 1000, 250):  # four batches; shard 2 never gets a row
+        t = pa.table({"x": np.arange(start, start + 250, dtype=np.float64),
+                      "c": pa.array(["a", "b"] * 125)})
+        files.write(t, [0, 100, 250, 250])
+    done = files.finish()
+    assert len(done) == 3
+    for i, (paths, digest) in enumerate(done):
+        blobs = [p.read_bytes() for p in paths]
+        assert blobs[0] == blobs[1] and hashlib.sha256(blobs[0]).hexdigest() == digest
+        table = pq.read_table(paths[0])
+        assert table.num_rows == [400, 600, 0][i] and table.column_names == ["x", "c"]
+    meta = pq.ParquetFile(done[0][0][0]).metadata.row_group(0)
+    encodings = {meta.column(j).path_in_schema: meta.column(j).encodings for j in range(2)}
+    assert "RLE_DICTIONARY" in encodings["c"] and "RLE_DICTIONARY" not in encodings["x"]
+    files.discard()
+    assert list((tmp_path / "stage").iterdir()) == []
+
+
+def test_shard_files_surfaces_a_writer_error(tmp_path) -> None:
+    from stratum.data.spill import ShardFiles
+
+    files = ShardFiles(tmp_path / "stage", shards=1, replicas=1)
+    files.write(pa.table({"x": [1.0]}), [0, 1])
+    files.write(pa.table({"x": ["text"]}), [0, 1])  # schema differs from the open writer
+    with pytest.raises(ValueError, match="schema"):
+        files.finish()
+    files.discard()
+    assert list((tmp_path / "stage").iterdir()) == []
 
 
 # -- preprocessing --------------------------------------------------------------------------
