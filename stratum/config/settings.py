@@ -44,7 +44,10 @@ class ServeSettings(BaseModel):
     max_wait_ms: float = Field(2.0, ge=0)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     runtime_threads: int | None = None
-    # torch.compile the network at load (slower start, sometimes faster forward).
+    # How a torch network runs: exported to ONNX Runtime at load (checked against the
+    # network; whole graph without the GIL) or eager PyTorch.
+    torch_backend: Literal["onnxruntime", "eager"] = "onnxruntime"
+    # torch.compile the network at load (eager backend; slower start).
     compile: bool = False
     # Serve conv nets in the channels-last (NHWC) layout oneDNN is fastest on.
     channels_last: bool = True

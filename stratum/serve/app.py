@@ -229,6 +229,7 @@ class Replica:
             "version": slot.version if slot else None, "pid": os.getpid(),
             "inflight": self.inflight, "ready": self.ready, "draining": self.draining,
             "queue_depth": slot.batcher.queue_depth if slot else 0,
+            "runtime": runtime_info(slot.runtime) if slot else None,
         }))
 
     async def _swap(self, req: Request) -> Response:
@@ -408,6 +409,15 @@ def plain_predictions(slot: ModelSlot, y: np.ndarray) -> list[Any]:
         return y.tolist()
     labels = slot.class_labels[y.argmax(axis=1)].tolist()
     return [{"class": c, "probabilities": row} for c, row in zip(labels, y, strict=True)]
+
+
+def runtime_info(runtime: Any) -> dict[str, Any]:
+    """What executes the forward pass, and why not ONNX Runtime when a torch net fell back."""
+    info: dict[str, Any] = {"framework": runtime.framework,
+                            "backend": getattr(runtime, "backend", runtime.framework)}
+    if getattr(runtime, "fallback_reason", None):
+        info["fallback_reason"] = runtime.fallback_reason
+    return info
 
 
 def model_metadata(slot: ModelSlot) -> dict[str, Any]:

@@ -8,6 +8,7 @@ above this module knows which one runs.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -23,8 +24,10 @@ class Runtime(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
 
-def load_runtime(loaded: LoadedModel, settings: ServeSettings) -> Runtime:
-    """Rebuild the model of a registered version for inference.
+def load_runtime(loaded: LoadedModel, settings: ServeSettings,
+                 cache_dir: Path | None = None) -> Runtime:
+    """Rebuild the model of a registered version for inference; ``cache_dir`` keeps derived
+    artifacts (a torch net's ONNX export) across restarts.
 
     >>> # load_runtime(load_model(meta, artifacts, "mnist", "3"), settings.serve)
     """
@@ -33,7 +36,9 @@ def load_runtime(loaded: LoadedModel, settings: ServeSettings) -> Runtime:
         from stratum.serve.runtimes.torch_rt import TorchRuntime
 
         return TorchRuntime(loaded, compile=settings.compile,
-                            channels_last=settings.channels_last)
+                            channels_last=settings.channels_last,
+                            backend="eager" if settings.compile else settings.torch_backend,
+                            threads=settings.runtime_threads, cache_dir=cache_dir)
     if framework == "onnx":
         from stratum.serve.runtimes.onnx_rt import OnnxRuntime
 

@@ -75,7 +75,7 @@ def build_slot(loaded: LoadedModel, settings: Settings, executor: Executor,
     """Rebuild and warm a version (blocking: call it from a worker thread)."""
     spec = loaded.spec
     pipeline = _pipeline(loaded) if spec.has_preprocessing else None
-    runtime = load_runtime(loaded, settings.serve)
+    runtime = load_runtime(loaded, settings.serve, settings.home / "cache")
     signature = Signature.from_spec(spec, pipeline)
     _warm(runtime, loaded, settings.serve.max_batch_size)
     batcher = Batcher(runtime.predict, max_batch_size=settings.serve.max_batch_size,

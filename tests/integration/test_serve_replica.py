@@ -193,6 +193,8 @@ def test_metadata_and_metrics(tab: tuple[str, torch.nn.Module]) -> None:
     assert meta["parameters"]["feature_names"] == FEATURES
     info = httpx.get(f"{url}/admin/info").json()
     assert info["name"] == "front" and info["version"] == 1 and info["ready"] is True
+    # The torch mlp runs in ONNX Runtime (the default backend), checked at load.
+    assert info["runtime"] == {"framework": "torch", "backend": "onnxruntime"}
     for _ in range(3):
         httpx.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
     text = httpx.get(f"{url}/metrics").text

@@ -17,25 +17,75 @@ from stratum.store import ModelSpec, Store, load_model, register_model
 from stratum.train.zoo import build_model
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "eager"])
 @pytest.mark.parametrize(("arch", "shape", "params", "nhwc"), [
     ("mlp", [5], {"hidden": [8]}, False),
-    ("cnn", [1, 28, 28], {}, True),   # served channels-last: same numbers, other layout
+    ("cnn", [1, 28, 28], {}, True),   # eager: served channels-last, same numbers
     ("resnet", [3, 16, 16], {}, True),
 ])
 def test_torch_runtime_matches_the_network(store: Store, settings: Settings, arch: str,
                                            shape: list[int], params: dict[str, object],
-                                           nhwc: bool) -> None:
+                                           nhwc: bool, backend: str) -> None:
     torch.manual_seed(1)
     net = build_model(arch, shape, 3, **params).eval()
     spec = ModelSpec(architecture=arch, params=params, input_shape=shape,
                      classes=["a", "b", "c"])
     register_model(store.meta, store.artifacts, "tiny", spec, weights=net.state_dict())
-    rt = load_runtime(load_model(store.meta, store.artifacts, "tiny", "1"), settings.serve)
+    serve = settings.serve.model_copy(update={"torch_backend": backend})
+    rt = load_runtime(load_model(store.meta, store.artifacts, "tiny", "1"), serve,
+                      settings.home / "cache")
     assert getattr(rt, "channels_last", None) is nhwc
+    assert getattr(rt, "backend", None) == backend
     x = np.random.default_rng(0).normal(size=(7, *shape)).astype(np.float32)
     with torch.no_grad():
         want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
     np.testing.assert_allclose(rt.predict(x), want, rtol=1e-4, atol=1e-6)
+
+
+def branchy(input_shape: list[int], num_outputs: int) -> torch.nn.Module:
+    """A net whose path depends on the data: torch.export cannot capture it."""
+
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(input_shape[0], num_outputs)
+            self.b = torch.nn.Linear(input_shape[0], num_outputs)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) if float(x.sum()) > 0 else self.b(x)
+
+    return Branchy()
+
+
+def test_onnx_export_is_cached_checked_and_falls_back_to_eager(
+        store: Store, settings: Settings) -> None:
+    torch.manual_seed(2)
+    net = build_model("mlp", [6], 2, hidden=[4]).eval()
+    spec = ModelSpec(architecture="mlp", params={"hidden": [4]}, input_shape=[6],
+                     classes=[0, 1])
+    register_model(store.meta, store.artifacts, "m", spec, weights=net.state_dict())
+    cache = settings.home / "cache"
+    loaded = load_model(store.meta, store.artifacts, "m", "1")
+    first = load_runtime(loaded, settings.serve, cache)
+    (entry,) = (cache / "onnx").iterdir()
+    x = np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(first.predict(x), want, rtol=1e-4, atol=1e-6)
+    stamp = entry.stat().st_mtime_ns
+    assert load_runtime(loaded, settings.serve, cache).backend == "onnxruntime"  # type: ignore[attr-defined]
+    assert entry.stat().st_mtime_ns == stamp  # served from the cache, not exported again
+    entry.write_bytes(b"not an onnx model")  # a damaged entry is replaced, not trusted
+    again = load_runtime(loaded, settings.serve, cache)
+    assert again.backend == "onnxruntime" and entry.read_bytes() != b"not an onnx model"  # type: ignore[attr-defined]
+    np.testing.assert_allclose(again.predict(x), want, rtol=1e-4, atol=1e-6)
+
+    spec = ModelSpec(architecture=f"{__name__}:branchy", input_shape=[6], classes=[0, 1])
+    register_model(store.meta, store.artifacts, "b", spec,
+                   weights=branchy([6], 2).state_dict())
+    rt = load_runtime(load_model(store.meta, store.artifacts, "b", "1"), settings.serve, cache)
+    assert rt.backend == "eager" and rt.fallback_reason  # type: ignore[attr-defined]
+    assert rt.predict(x).shape == (5, 2)
 
 
 def _iris_model() -> tuple[LogisticRegression, np.ndarray]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from stratum.errors import IntegrityError
@@ -10,20 +12,25 @@ from stratum.serve.runtime import num_outputs, softmax
 from stratum.store import LoadedModel
 
 
+def session(model: bytes, threads: int | None) -> Any:
+    """A CPU inference session set up for a replica, where the event loop shares the cores."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle intra-op threads would spin for work and take the core the event loop needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntime:
     framework = "onnx"
 
     def __init__(self, loaded: LoadedModel, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
         try:
-            self._sess = ort.InferenceSession(
-                loaded.weights_blob, opts, providers=["CPUExecutionProvider"]
-            )
+            self._sess = session(loaded.weights_blob, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise IntegrityError(f"model {loaded.name} v{loaded.version}: bad ONNX file: {exc}") \
                 from exc

@@ -1,4 +1,9 @@
-"""PyTorch: rebuild the zoo network, load safetensors weights, infer under inference_mode.
+"""PyTorch: rebuild the zoo network, load safetensors weights, infer.
+
+By default the network runs in ONNX Runtime (``serve.torch_backend = "onnxruntime"``):
+exported at load, checked against the eager network, cached by weights digest — see
+``torch_onnx`` for why (the GIL). Otherwise, or when that fails, it runs eagerly under
+``inference_mode``.
 
 Convolutional networks are served in the channels-last (NHWC) memory layout: oneDNN's CPU
 convolutions and pooling run 2-3x faster on it than on the NCHW layout a network trains
@@ -8,21 +13,28 @@ forward passes; ``tests/unit/test_serve_runtime.py`` checks they agree).
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from stratum.errors import IntegrityError
-from stratum.serve.runtime import num_outputs
+from stratum.serve.runtime import num_outputs, softmax
 from stratum.store import LoadedModel
 from stratum.train.zoo import build_model
+
+log = logging.getLogger(__name__)
 
 
 class TorchRuntime:
     framework = "torch"
 
     def __init__(self, loaded: LoadedModel, *, compile: bool = False,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, backend: str = "eager",
+                 threads: int | None = None, cache_dir: Path | None = None) -> None:
         spec = loaded.spec
         net = build_model(spec.architecture, spec.input_shape, num_outputs(loaded), **spec.params)
         try:
@@ -34,6 +46,17 @@ class TorchRuntime:
             ) from exc
         net.eval()
         self._classify = spec.task == "classification"
+        self.backend = "eager"
+        self.fallback_reason: str | None = None
+        self._session: Any = None
+        if backend == "onnxruntime":
+            try:
+                self._session = _onnx_session(net, loaded, threads, cache_dir)
+                self.backend = "onnxruntime"
+            except Exception as exc:  # anything the exporter or ORT raises: serve eagerly
+                self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                log.warning("model %s v%d: serving with eager PyTorch, not ONNX Runtime (%s)",
+                            loaded.name, loaded.version, self.fallback_reason)
         self.channels_last = channels_last and uses_conv2d(net, spec.input_shape)
         if self.channels_last:
             # Documented, but missing from the overloads torch declares for Module.to.
@@ -42,6 +65,9 @@ class TorchRuntime:
         self._net = torch.compile(net, dynamic=True) if compile else net
 
     def predict(self, x: np.ndarray) -> np.ndarray:
+        if self._session is not None:
+            (z,) = self._session.run(None, {"x": x.astype(np.float32, copy=False)})
+            return softmax(z) if self._classify else z.reshape(-1)
         if not x.flags.writeable:  # a binary OIP tensor is a view of the request bytes
             x = x.copy()
         with torch.inference_mode():
@@ -51,6 +77,35 @@ class TorchRuntime:
             out = self._net(t)
             out = torch.softmax(out, dim=1) if self._classify else out.reshape(-1)
             return out.numpy()
+
+
+def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
+                  cache_dir: Path | None) -> Any:
+    """An ONNX Runtime session whose outputs match ``net``'s on a probe batch."""
+    from stratum.serve.runtimes import torch_onnx as tx
+    from stratum.serve.runtimes.onnx_rt import session
+
+    spec = loaded.spec
+    key = tx.cache_key(loaded.weights_blob, spec.model_dump(mode="json"))
+    x = tx.probe(spec.input_shape)
+    with torch.inference_mode():
+        want = net(torch.from_numpy(x)).numpy()
+    data, cached = tx.cached_export(net, spec.input_shape, key, cache_dir)
+    try:
+        sess = session(data, threads)
+        ok = tx.matches(sess.run(None, {"x": x})[0], want)
+    except Exception:
+        if not cached:
+            raise
+        ok = False
+    if not ok:
+        if not cached:
+            raise IntegrityError("the exported ONNX graph does not match the network")
+        # A stale or damaged cache entry: export afresh (and overwrite it).
+        assert cache_dir is not None
+        (cache_dir / "onnx" / f"{key}.onnx").unlink(missing_ok=True)
+        return _onnx_session(net, loaded, threads, cache_dir)
+    return sess
 
 
 def uses_conv2d(net: nn.Module, input_shape: list[int]) -> bool:
