@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,9 @@ def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: i
     if shard_key is not None and shard_key not in [resolved.target, *resolved.feature_names]:
         raise DataError(f"shard key {shard_key!r} is not a column of {src.where}",
                         hint=f"choose one of {[resolved.target, *resolved.feature_names]}")
-    dictionary = _repeating_columns(resolved)
-    files = ShardFiles(store.artifacts.staging_dir(), shards, replicas, dictionary=dictionary)
+    new_files = partial(ShardFiles, store.artifacts.staging_dir(), shards, replicas,
+                        dictionary=_repeating_columns(resolved))
+    files = new_files()
     try:
         try:
             done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
@@ -93,8 +95,7 @@ def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: i
         except RetryAsText:
             # A number column held text: read again as text so cleaning counts bad rows.
             files.discard()
-            files = ShardFiles(store.artifacts.staging_dir(), shards, replicas,
-                               dictionary=dictionary)
+            files = new_files()
             done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
                              progress)
         if done.rows == 0:

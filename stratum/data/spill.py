@@ -128,14 +128,14 @@ class ShardFiles:
                                     tee)
         return self._writers[shard]
 
-    def finish(self, schema: pa.Schema | None = None) -> list[tuple[list[Path], str]]:
+    def finish(self) -> list[tuple[list[Path], str]]:
         """Close every shard (an empty one gets an empty file) → [(paths, sha256)]."""
         try:
             while self._pending:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True)
-        schema = schema or self._schema
+        schema = self._schema
         out = []
         for i in range(self.shards):
             if i not in self._writers and schema is not None:

@@ -29,8 +29,6 @@ import numpy as np
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
-
 PROBE_ROWS = 3
 
 
@@ -62,10 +60,11 @@ def export_onnx(net: nn.Module, input_shape: list[int]) -> bytes:
 
 
 def cached_export(net: nn.Module, input_shape: list[int], key: str,
-                  cache_dir: Path | None) -> tuple[bytes, bool]:
-    """``(onnx bytes, from_cache)``; a fresh export is written atomically to the cache."""
+                  cache_dir: Path | None, *, refresh: bool = False) -> tuple[bytes, bool]:
+    """``(onnx bytes, from_cache)``; a fresh export (always, with ``refresh``) is written
+    atomically to the cache, replacing what was there."""
     path = cache_dir / "onnx" / f"{key}.onnx" if cache_dir is not None else None
-    if path is not None and path.exists():
+    if path is not None and path.exists() and not refresh:
         return path.read_bytes(), True
     data = export_onnx(net, input_shape)
     if path is not None:

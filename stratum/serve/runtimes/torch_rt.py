@@ -91,20 +91,18 @@ def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
     with torch.inference_mode():
         want = net(torch.from_numpy(x)).numpy()
     data, cached = tx.cached_export(net, spec.input_shape, key, cache_dir)
-    try:
-        sess = session(data, threads)
-        ok = tx.matches(sess.run(None, {"x": x})[0], want)
-    except Exception:
-        if not cached:
-            raise
-        ok = False
-    if not ok:
-        if not cached:
-            raise IntegrityError("the exported ONNX graph does not match the network")
-        # A stale or damaged cache entry: export afresh (and overwrite it).
-        assert cache_dir is not None
-        (cache_dir / "onnx" / f"{key}.onnx").unlink(missing_ok=True)
-        return _onnx_session(net, loaded, threads, cache_dir)
+    if cached:
+        try:
+            sess = session(data, threads)
+            if tx.matches(sess.run(None, {"x": x})[0], want):
+                return sess
+        except Exception:  # a damaged entry: ONNX Runtime cannot even load it
+            pass
+        # A stale or damaged cache entry: export afresh, overwriting it.
+        data, _ = tx.cached_export(net, spec.input_shape, key, cache_dir, refresh=True)
+    sess = session(data, threads)
+    if not tx.matches(sess.run(None, {"x": x})[0], want):
+        raise IntegrityError("the exported ONNX graph does not match the network")
     return sess
 
 
