@@ -99,6 +99,19 @@ class PermissionDeniedError(AuthError):
     http_status = 403
 
 
+class RateLimitedError(StratumError):
+    """A key sent more requests than its rate limit allows; retry after the hint's wait."""
+
+    http_status = 429
+
+
+class UpstreamError(ServingError):
+    """A replica could not be reached or broke the connection: safe to try another one for
+    an idempotent inference."""
+
+    http_status = 502
+
+
 class PayloadTooLargeError(StratumError):
     """A request body over the configured limit (replica and gateway alike)."""
 
@@ -111,6 +124,26 @@ class QueueError(StratumError):
     http_status = 503
 
 
+class UnsupportedMediaTypeError(StratumError):
+    """A body in a content type the route does not take."""
+
+    http_status = 415
+
+
+class MethodNotAllowedError(StratumError):
+    """A known path asked with a method it does not answer."""
+
+    http_status = 405
+
+
+class UnknownModelError(NotFoundError):
+    """A request names a model this server does not serve."""
+
+
+class NotReadyError(ServingError):
+    """The replica is draining or not loaded yet; a gateway should try another one."""
+
+
 __all__ = [
     "AuthError",
     "BadRequestError",
@@ -119,12 +152,18 @@ __all__ = [
     "DataError",
     "IntegrityError",
     "InvalidNameError",
+    "MethodNotAllowedError",
     "NotFoundError",
+    "NotReadyError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueError",
+    "RateLimitedError",
     "ServingError",
     "SignatureError",
     "StratumError",
     "TrainingError",
+    "UnknownModelError",
+    "UnsupportedMediaTypeError",
+    "UpstreamError",
 ]

@@ -24,7 +24,7 @@ from stratum.control.procs import port_free
 from stratum.control.spec import build_spec, load_spec, rolled_back
 from stratum.control.supervisor import Supervisor
 from stratum.errors import ConflictError, NotFoundError, StratumError
-from stratum.gateway.auth import KeyChecker, presented_key
+from stratum.security.access import KeyChecker, presented_key
 from stratum.store import Store
 from stratum.store import models as m
 

@@ -27,15 +27,23 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from stratum.asgi import read_body
 from stratum.config import Settings
-from stratum.errors import NotFoundError, PayloadTooLargeError, ServingError, StratumError
-from stratum.gateway.auth import KeyChecker, RateLimiter, presented_key, scope_for
+from stratum.errors import (
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServingError,
+    StratumError,
+    UpstreamError,
+)
+from stratum.gateway.auth import RateLimiter, scope_for
 from stratum.gateway.health import Health
 from stratum.gateway.metrics import GatewayMetrics
 from stratum.gateway.retry import RetryBudget, should_retry
 from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
-from stratum.gateway.upstream import Upstream, UpstreamError, UpstreamResponse
-from stratum.serve.http import read_body
+from stratum.gateway.upstream import Upstream, UpstreamResponse
+from stratum.security.access import KeyChecker, presented_key
 from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -61,10 +69,6 @@ class Call:
     headers: dict[bytes, bytes]  # names lower-case
     client: str | None
     read_body: Callable[[], Awaitable[bytes]]
-
-
-class _BadRequest(StratumError):
-    http_status = 400
 
 
 def _route_label(path: str) -> str:
@@ -352,7 +356,7 @@ class Gateway:
         try:
             spec = RoutesSpec.model_validate_json(body)
         except ValidationError as exc:
-            raise _BadRequest(f"invalid routes: {exc.errors(include_url=False)}") from exc
+            raise BadRequestError(f"invalid routes: {exc.errors(include_url=False)}") from exc
         self.install(spec)
         return 200, _JSON, orjson.dumps(self.table.describe())
 

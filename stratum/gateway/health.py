@@ -13,7 +13,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from stratum.gateway.upstream import Upstream, UpstreamError
+from stratum.errors import UpstreamError
+from stratum.gateway.upstream import Upstream
 
 log = logging.getLogger(__name__)
 

@@ -12,16 +12,11 @@ import asyncio
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from stratum.errors import ConfigError
+from stratum.errors import ConfigError, UpstreamError
 
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
                   b"date", b"server"))
 _MAX_IDLE = 256
-
-
-class UpstreamError(Exception):
-    """The replica could not be reached or broke the connection: safe to try another one
-    for an idempotent inference."""
 
 
 @dataclass(slots=True)

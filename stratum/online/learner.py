@@ -39,11 +39,10 @@ from stratum.errors import ConfigError, NotFoundError, StratumError
 from stratum.monitor.alerts import Alert, AlertManager
 from stratum.monitor.drift import DriftMonitor, ReferenceProfile
 from stratum.monitor.metrics import Metrics
-from stratum.online.feedback import feedback_stream
 from stratum.online.gate import Decision, decide
 from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
-from stratum.queue import Message, ProcessedIds, Queue, open_queue
-from stratum.store import Lineage, Store, load_model, register_model
+from stratum.queue import Message, Queue, feedback_stream, open_queue
+from stratum.store import Lineage, ProcessedIds, Store, load_model, register_model
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 
 from stratum.errors import ConfigError
 from stratum.queue.base import Message, Queue
-from stratum.queue.dedupe import ProcessedIds
 from stratum.security.names import validate_name
 
 
@@ -47,4 +46,10 @@ def open_queue(url: str, stream: str = "feedback", *,
     )
 
 
-__all__ = ["Message", "ProcessedIds", "Queue", "open_queue"]
+def feedback_stream(model: str) -> str:
+    """The queue stream that carries ``model``'s feedback: the replica's intake produces on
+    it, the online learner consumes it."""
+    return f"feedback-{model}"
+
+
+__all__ = ["Message", "Queue", "feedback_stream", "open_queue"]

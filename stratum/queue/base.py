@@ -7,7 +7,7 @@ consumer), so nothing is lost when a consumer dies mid-batch. The timeout is the
 than ``T`` seconds ago and not acked (Redis' XAUTOCLAIM min-idle semantics, shared by
 both backends), so the consumers of one stream should use the same timeout.
 
-Effects must therefore be idempotent; ``stratum.queue.dedupe.ProcessedIds`` helps
+Effects must therefore be idempotent; ``stratum.store.ProcessedIds`` helps
 consumers apply each message once.
 """
 

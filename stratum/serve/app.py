@@ -25,20 +25,21 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stratum.asgi import JSON, Handler, Request, Response, Router, read_body
 from stratum.config import Settings
-from stratum.errors import NotFoundError, StratumError
-from stratum.online.capture import InputCapture
-from stratum.online.feedback import FeedbackIntake, feedback_stream, parse_feedback
-from stratum.queue import Queue, open_queue
-from stratum.serve import oip
-from stratum.serve.errors import (
+from stratum.errors import (
     BadRequestError,
+    NotFoundError,
     NotReadyError,
     SignatureError,
+    StratumError,
     UnknownModelError,
     UnsupportedMediaTypeError,
 )
-from stratum.serve.http import JSON, Handler, Request, Response, Router, read_body
+from stratum.queue import Queue, feedback_stream, open_queue
+from stratum.serve import oip
+from stratum.serve.capture import InputCapture
+from stratum.serve.feedback import FeedbackIntake, parse_feedback
 from stratum.serve.metrics import ReplicaMetrics
 from stratum.serve.swap import ModelSlot, Swapper
 from stratum.store import Store

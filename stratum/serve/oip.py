@@ -19,7 +19,7 @@ import numpy as np
 import orjson
 
 from stratum.data.signature import to_numeric
-from stratum.serve.errors import BadRequestError, SignatureError
+from stratum.errors import BadRequestError, SignatureError
 
 # OIP datatype ↔ NumPy dtype (BYTES is variable-length; no model here takes it).
 DTYPES: dict[str, np.dtype[Any]] = {

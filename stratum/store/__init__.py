@@ -12,6 +12,7 @@ from stratum.store.artifacts import (
     open_artifacts,
 )
 from stratum.store.metadata import MetadataStore
+from stratum.store.processed import ProcessedIds
 from stratum.store.registry import (
     Lineage,
     LoadedModel,
@@ -51,6 +52,7 @@ __all__ = [
     "LocalArtifactStore",
     "MetadataStore",
     "ModelSpec",
+    "ProcessedIds",
     "Store",
     "load_model",
     "open_artifacts",

@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from stratum.queue import ProcessedIds, open_queue
-from stratum.store import MetadataStore
+from stratum.queue import open_queue
+from stratum.store import MetadataStore, ProcessedIds
 
 
 def drain(url: str, stream: str, name: str, out: str, meta_url: str) -> None:

@@ -219,8 +219,7 @@ def test_a_learner_killed_mid_batch_loses_and_repeats_nothing(loop: Loop,
     first = loop.learner(log, STRATUM_ONLINE__UPDATE_EVERY="100000",
                          STRATUM_ONLINE__MAX_WAIT_S="600")
     deadline = time.monotonic() + 60
-    from stratum.online.feedback import feedback_stream
-    from stratum.queue import open_queue
+    from stratum.queue import feedback_stream, open_queue
 
     assert loop.settings.queue_url
     queue = open_queue(loop.settings.queue_url, feedback_stream("digits"))

@@ -12,14 +12,15 @@ import httpx
 import pytest
 
 from stratum.config import Settings
-from stratum.errors import AuthError, PermissionDeniedError
+from stratum.errors import AuthError, PermissionDeniedError, RateLimitedError
 from stratum.gateway import Gateway, GroupSpec, PoolSpec, RoutesSpec, static_routes
-from stratum.gateway.auth import KeyChecker, RateLimitedError, RateLimiter, scope_for
+from stratum.gateway.auth import RateLimiter, scope_for
 from stratum.gateway.balancer import ConsistentHash, LeastOutstanding, RoundRobin
 from stratum.gateway.health import Health
 from stratum.gateway.retry import RetryBudget, should_retry
 from stratum.gateway.traffic import RouteTable
 from stratum.gateway.upstream import Upstream
+from stratum.security.access import KeyChecker
 from stratum.security.keys import generate_key, hash_key
 from stratum.store import Store
 from tests.services import free_port

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from stratum.errors import BadRequestError, NotFoundError, SignatureError
-from stratum.online.capture import InputCapture
-from stratum.online.feedback import FeedbackIntake, FeedbackItem, check_labels, parse_feedback
 from stratum.online.gate import decide
 from stratum.queue import open_queue
+from stratum.serve.capture import InputCapture
+from stratum.serve.feedback import FeedbackIntake, FeedbackItem, check_labels, parse_feedback
 from stratum.store import Store
 from stratum.store.requests import LoggedRequest, RequestLog
 

@@ -7,8 +7,8 @@ import numpy as np
 import orjson
 import pytest
 
+from stratum.errors import BadRequestError, SignatureError
 from stratum.serve import oip
-from stratum.serve.errors import BadRequestError, SignatureError
 
 
 def _req(**tensor: object) -> bytes:

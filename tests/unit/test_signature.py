@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stratum.data.signature import Signature
-from stratum.serve.errors import BadRequestError, SignatureError
+from stratum.errors import BadRequestError, SignatureError
 from stratum.store import ModelSpec
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]

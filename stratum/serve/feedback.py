@@ -26,11 +26,6 @@ from stratum.store.requests import LoggedRequest, RequestLog
 MAX_ITEMS = 1000
 
 
-def feedback_stream(model: str) -> str:
-    """The queue stream that carries ``model``'s feedback."""
-    return f"feedback-{model}"
-
-
 @dataclass(frozen=True)
 class FeedbackItem:
     request_id: str

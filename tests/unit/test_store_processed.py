@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stratum.queue import ProcessedIds
-from stratum.store import MetadataStore
+from stratum.store import MetadataStore, ProcessedIds
 from stratum.store.models import Event
 
 

@@ -1,4 +1,5 @@
-"""A minimal ASGI layer: a request/response pair, a path router and body reading.
+"""The ASGI layer both servers (replica and gateway) speak: a request/response pair, a path
+router and bounded body reading.
 
 The replica speaks raw ASGI instead of going through a framework because, on a small
 machine, the per-request Python is the cost that matters: no middleware stack, no
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stratum.serve.errors import MethodNotAllowedError, PayloadTooLargeError
+from stratum.errors import MethodNotAllowedError, PayloadTooLargeError
 
 JSON = b"application/json"
 
