@@ -32,6 +32,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check stratum tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(PY) bench/data.py

@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stratum.config import Settings, load_settings  # noqa: E402
+from stratum.models import build_model  # noqa: E402
 from stratum.serve.runtime import load_runtime  # noqa: E402
 from stratum.store import ModelSpec, Store, load_model, register_model  # noqa: E402
-from stratum.train.zoo import build_model  # noqa: E402
 from tests.services import free_port, started  # noqa: E402
 
 MODELS = {  # bench name -> (registered name, architecture, input shape)

@@ -57,7 +57,7 @@ def child_plain(home: str, epochs: int, threads: int) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from stratum.data import open_dataset
-    from stratum.train.zoo import build_model
+    from stratum.models import build_model
 
     torch.set_num_threads(threads)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))

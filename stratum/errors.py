@@ -2,7 +2,32 @@
 
 Each error carries a message a user can act on: what went wrong, where (file, row,
 column, field, version) and, where it helps, what to do. ``http_status`` lets the HTTP
-layers turn any of them into the same message as JSON without a lookup table.
+layers turn any of them into the same message as JSON without a lookup table. Every layer
+raises from this one tree (HTTP status in brackets); no module defines its own:
+
+    StratumError (500)
+    ├── AuthError (401)
+    │   └── PermissionDeniedError (403)
+    ├── BadRequestError (400)
+    ├── ConfigError (400)
+    ├── ConflictError (409)
+    ├── DataError (422)
+    │   └── SignatureError (422)
+    ├── IntegrityError (500)
+    ├── InvalidNameError (400)
+    ├── MethodNotAllowedError (405)
+    ├── NotFoundError (404)
+    │   └── UnknownModelError (404)
+    ├── PayloadTooLargeError (413)
+    ├── QueueError (503)
+    ├── RateLimitedError (429)
+    ├── ServingError (503)
+    │   ├── NotReadyError (503)
+    │   └── UpstreamError (502)
+    ├── TrainingError (500)
+    └── UnsupportedMediaTypeError (415)
+
+``tests/unit/test_architecture.py`` checks this drawing against the classes.
 """
 
 from __future__ import annotations

@@ -32,6 +32,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"{item.nodeid} skipped in CI: {report.longrepr}"
 
 
+# Fixtures and parameter values that reach a service on the machine (PostgreSQL, Redis, the
+# moto S3 server): a test using one is an integration test wherever it lives, so the README's
+# fast command (-m "not integration and not slow") runs with no services at all.
+SERVICE_FIXTURES = frozenset({"pg_url", "redis_url", "s3_server", "s3_options"})
+SERVICE_PARAMS = frozenset({"postgresql", "redis", "s3"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        values = {v for v in params.params.values() if isinstance(v, str)} if params else set()
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or SERVICE_PARAMS & values:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded-default settings rooted in a fresh temp home."""

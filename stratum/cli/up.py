@@ -29,7 +29,9 @@ from stratum.control.client import ControlClient
 from stratum.errors import ConfigError, NotFoundError
 from stratum.online.demo import DemoTick, digits, stream
 
-_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Shipped inside the package (package data), so `stratum up` works from a plain install;
+# the repository's examples/ is a link to this folder.
+_EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def up(
@@ -60,7 +62,8 @@ def up(
     console.print(
         f"\n[bold]Stratum is up.[/]\n  predict   curl -s -H 'content-type: application/json' "
         f"--data @{example} {gateway}/v1/models/{name}:predict -D - \n"
-        f"  feedback  curl -s {gateway}/v1/models/{name}/feedback "
+        f"  feedback  curl -s -H 'content-type: application/json' "
+        f"{gateway}/v1/models/{name}/feedback "
         "-d '{\"request_id\": \"<x-request-id>\", \"label\": 7}'\n"
         f"  metrics   {gateway}/metrics\n  status    stratum status · stratum models history "
         f"{name}\n  learner   log in {c.settings.home / 'logs' / 'learner.log'}\n")

@@ -6,13 +6,34 @@ plane (only a pid); both answer ``alive()`` the same way.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+
+class Process(Protocol):
+    """What the supervisor needs of a process it started; ``Proc`` is the local one."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def alive(self) -> bool: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def log_tail(self, chars: int = 1500) -> str: ...
+
+
+# ``spawn``'s signature: how the supervisor starts a replica or a gateway.
+Spawn = Callable[[str, list[str], dict[str, str], Path], Process]
 
 
 @dataclass(eq=False)
@@ -72,6 +93,18 @@ def spawn(module: str, args: list[str], env: dict[str, str], log: Path) -> Proc:
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     return Proc(popen.pid, popen, log)
+
+
+async def stop(procs: Sequence[Process], grace: float) -> None:
+    """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL for what has not."""
+    for p in procs:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    while any(p.alive() for p in procs) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    for p in procs:
+        if p.alive():
+            p.kill()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

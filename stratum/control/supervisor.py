@@ -11,6 +11,10 @@ serves and the gateway has moved traffic away from it, which is what makes them 
 
 A new version whose replicas fail to start ``start_attempts`` times is given up: the
 wanted state reverts to the version still serving and ``observed.last_error`` says why.
+
+What to do is decided in ``reconcile``; this module does it (processes, HTTP, the store).
+Each deployment is reconciled on its own: one that raises is logged and reported as its
+``deployment.reconcile_failed`` event and ``last_error``, and the others go on.
 """
 
 from __future__ import annotations
@@ -19,70 +23,43 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
 
 from stratum.config import Settings
-from stratum.control.procs import Proc, free_port, spawn
-from stratum.control.routing import compute_routes, to_retire
-from stratum.control.spec import DeploymentSpec, followed, load_spec
+from stratum.control import procs
+from stratum.control.procs import Process, Spawn
+from stratum.control.reconcile import Event, Reconciler, Stop, alias_move
+from stratum.control.remote import Remote
+from stratum.control.routing import compute_routes
+from stratum.control.spec import DeploymentSpec, load_spec
+from stratum.control.state import DeploymentState, Replica, observed, settling
 from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class ReplicaProc:
-    id: str
-    version: int
-    port: int
-    proc: Proc
-    state: str = "starting"  # starting → ready → draining; gone once the process exits
-    swapping: int | None = None  # the version a hot swap is loading, while it does
-    started: float = field(default_factory=time.monotonic)
-    healthy: bool = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-@dataclass(eq=False)
-class DeploymentState:
-    name: str
-    spec: DeploymentSpec | None = None
-    generation: int = 0
-    replicas: dict[str, ReplicaProc] = field(default_factory=dict)
-    gateway: Proc | None = None
-    gateway_port: int | None = None
-    gateway_live: bool = False
-    gateway_failures: int = 0
-    pushed_etag: str | None = None
-    traffic: list[dict[str, Any]] = field(default_factory=list)
-    start_failures: Counter[int] = field(default_factory=Counter)
-    crash_streak: Counter[int] = field(default_factory=Counter)
-    next_start: dict[int | str, float] = field(default_factory=dict)
-    good_versions: set[int] = field(default_factory=set)
-    given_up: set[int] = field(default_factory=set)  # versions that never got ready
-    last_error: dict[str, Any] | None = None
-    last_observed: dict[str, Any] | None = None
-    seq: int = 0
-
-
 class Supervisor:
-    def __init__(self, settings: Settings, meta: MetadataStore) -> None:
+    def __init__(self, settings: Settings, meta: MetadataStore, *,
+                 clock: Callable[[], float] = time.monotonic, spawn: Spawn = procs.spawn,
+                 free_port: Callable[[], int] = procs.free_port,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.settings = settings
         self.cfg = settings.control
         self.meta = meta
+        self.rec = Reconciler(self.cfg, clock)
         self.states: dict[str, DeploymentState] = {}
+        self.procs: dict[str, Process] = {}  # by replica id
+        self.gateways: dict[str, Process] = {}  # by deployment
         self.token = secrets.token_urlsafe(24)  # lets us reach the gateways' /admin/*
-        self.http = httpx.AsyncClient(timeout=2.0)
+        self.remote = Remote(http or httpx.AsyncClient(timeout=2.0), self.token)
+        self._spawn, self._free_port = spawn, free_port
         self._env = {**settings.child_env(), "STRATUM_GATEWAY_TOKEN": self.token}
         self._logs = settings.home.expanduser().resolve() / "logs"
-        self._stopping: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # swaps, stops, events under way
+        self._errors: dict[str, str] = {}  # deployment → the failure last reported
         self.wake = asyncio.Event()
 
     # -- the loop ---------------------------------------------------------------------------
@@ -103,353 +80,209 @@ class Supervisor:
 
     async def tick(self) -> bool:
         """One pass over every deployment; True while something is in transition."""
+        failed: dict[str, Exception] = {}
         rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
-        if await asyncio.to_thread(self._follow_aliases, rows):
+        if await asyncio.to_thread(self._follow_aliases, rows, failed):
             rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
         for name, row in rows.items():
             st = self.states.get(name)
+            if st is not None and row.generation == st.generation:
+                continue
+            try:
+                spec = load_spec(row.spec)
+            except Exception as exc:  # keep what it had; the others go on
+                failed.setdefault(name, exc)
+                continue
             if st is None:
                 st = self.states[name] = DeploymentState(name)
-            if row.generation != st.generation:
-                st.spec, st.generation = load_spec(row.spec), row.generation
-                st.start_failures.clear()
-                st.next_start.clear()
+            self.rec.wanted(st, spec, row.generation)
         for name, st in list(self.states.items()):
             if name not in rows:
                 st.spec = None
-        results = await asyncio.gather(*(self._reconcile(st) for st in self.states.values()))
+        results = await asyncio.gather(*(self._reconcile_guarded(st, failed)
+                                         for st in self.states.values()))
+        for name, error in failed.items():
+            await self._report(name, error)
+        self._errors = {n: msg for n, msg in self._errors.items() if n in failed}
         for name, st in list(self.states.items()):
-            if st.spec is None and not st.replicas and st.gateway is None:
+            if st.finished:
                 del self.states[name]
-                await self._event("deployment.stopped", name, {})
+                await self._record(name, Event("deployment.stopped", {}))
         return any(results)
+
+    async def _reconcile_guarded(self, st: DeploymentState,
+                                 failed: dict[str, Exception]) -> bool:
+        try:
+            return await self._reconcile(st)
+        except Exception as exc:
+            failed.setdefault(st.name, exc)
+            return False  # as for a failed tick: no quick retry of what just raised
 
     async def _reconcile(self, st: DeploymentState) -> bool:
         await self._reap(st)
         await self._probe(st)
         spec = st.spec
         if spec is None:  # undeployed: gateway first, so clients stop arriving
-            if st.gateway is not None:
-                st.gateway.terminate()
-            for r in list(st.replicas.values()):
-                self._retire(st, r, drain=False)
+            if st.name in self.gateways:
+                self.gateways[st.name].terminate()
+            self._stop(st, self.rec.to_stop(st, None, None, set()))
             return True
-        if await self._give_up_failed(st, spec):
-            return True
-        if spec.follow is not None:
-            self._swap_stale(st, spec)
+        give_up = self.rec.give_up(st, spec)
+        if give_up is not None:
+            await self._record(st.name, give_up.event)
+            if give_up.fallback is not None:
+                await asyncio.to_thread(self.meta.put_deployment, st.name,
+                                        give_up.fallback.model_dump(mode="json"))
+                self.wake.set()
+            await self._observe(st, spec, converged=False)
+            if give_up.fallback is not None:
+                return True  # the reverted spec is the next generation; this one is done
+        for swap in self.rec.to_swap(st, spec):
+            self._background(self._swap(st, swap.replica, swap.version))
         self._start_missing(st, spec)
         self._ensure_gateway(st, spec)
         routes, traffic, serving = compute_routes(st.name, spec, st.replicas.values())
-        if (routes is not None and st.gateway_live and routes.etag() != st.pushed_etag
-                and await self._push(st, routes.model_dump_json())):
-            st.pushed_etag = routes.etag()
-            st.traffic = traffic
-            await self._event("deployment.routes", st.name, {"traffic": traffic})
-        if routes is not None and st.pushed_etag == routes.etag():
-            # Not "every ready replica outside the table": a new version's replica that
-            # is ready while its siblings still start must stay (to_retire knows).
-            retire = to_retire(spec, st.replicas.values(), serving)
-            for r in list(st.replicas.values()):
-                if r.id in retire:
-                    self._retire(st, r, drain=True)
-                elif r.state == "starting" and r.version not in spec.versions():
-                    self._retire(st, r, drain=False)
-        return await self._observe(st, spec, converged=routes is not None
-                                   and st.pushed_etag == routes.etag())
+        if (routes is not None and self.rec.to_push(st, routes) and await
+                self.remote.push_routes(st.name, st.gateway_port, routes.model_dump_json())):
+            await self._record(st.name, self.rec.pushed(st, routes, traffic))
+        self._stop(st, self.rec.to_stop(st, spec, routes, serving))
+        return await self._observe(st, spec, self.rec.acknowledged(st, routes))
 
-    def _follow_aliases(self, rows: dict[str, Any]) -> bool:
+    def _follow_aliases(self, rows: dict[str, Any], failed: dict[str, Exception]) -> bool:
         """Roll deployments that follow an alias onto where it points now (blocking)."""
         moved = False
         for name, row in rows.items():
-            spec = load_spec(row.spec)
-            if spec is None or spec.follow is None:
-                continue
-            target = self.meta.aliases(spec.model).get(spec.follow)
-            if target is None or target == spec.version:
-                continue
-            st = self.states.get(name)
-            if st is not None and target in st.given_up:
-                continue  # it failed to start; wait for the alias to move on
-            self.meta.put_deployment(name, followed(spec, target).model_dump(mode="json"))
-            self.meta.add_event("deployment.follow", name, {
-                "alias": spec.follow, "from": spec.version, "to": target})
-            moved = True
+            try:
+                spec = load_spec(row.spec)
+                st = self.states.get(name)
+                aliases = self.meta.aliases(spec.model) if spec and spec.follow else {}
+                new = alias_move(spec, aliases, st.given_up if st else set())
+                if spec is None or new is None:
+                    continue
+                self.meta.put_deployment(name, new.model_dump(mode="json"))
+                self.meta.add_event("deployment.follow", name, {
+                    "alias": spec.follow, "from": spec.version, "to": new.version})
+                moved = True
+            except Exception as exc:
+                failed.setdefault(name, exc)
         return moved
+
+    async def _report(self, name: str, exc: Exception) -> None:
+        """Log a deployment's failed reconcile; record it once while it keeps failing."""
+        log.error("reconcile of deployment %s failed", name, exc_info=exc)
+        message = f"reconcile failed: {type(exc).__name__}: {exc}"[:1000]
+        if self._errors.get(name) == message:
+            return
+        self._errors[name] = message
+        st = self.states.get(name)
+        error = {"generation": st.generation if st else 0, "message": message}
+        try:
+            await self._record(name, Event("deployment.reconcile_failed", error))
+            if st is not None and st.spec is not None:
+                # It may fail before observing: report it on what was last observed.
+                st.last_error = error
+                _, now = observed(st, st.spec, False, self.settings.gateway.host)
+                doc = {**(st.last_observed or now), "last_error": error}
+                st.last_observed = doc
+                await asyncio.to_thread(self.meta.observe_deployment, name, doc["status"], doc)
+        except Exception:
+            log.exception("could not record the failed reconcile of %s", name)
 
     # -- processes -------------------------------------------------------------------------
     async def _reap(self, st: DeploymentState) -> None:
-        now = time.monotonic()
         for r in list(st.replicas.values()):
-            if r.proc.alive():
-                if r.state == "starting" and now - r.started > self.cfg.ready_timeout_s:
-                    r.proc.kill()  # counted as a failed start when reaped
+            proc = self.procs[r.id]
+            if proc.alive():
+                if self.rec.past_ready_deadline(r):
+                    proc.kill()  # counted as a failed start when reaped
                 continue
-            del st.replicas[r.id]
-            info = {"replica": r.id, "version": r.version, "pid": r.proc.pid, "port": r.port,
-                    "exit": r.proc.returncode}
-            if r.state == "draining":
-                await self._event("replica.stopped", st.name, info)
-            elif r.state == "starting":
-                st.start_failures[r.version] += 1
-                st.next_start[r.version] = now + self._backoff(st.start_failures[r.version])
-                tail = r.proc.log_tail()
-                st.last_error = {"generation": st.generation, "version": r.version,
-                                 "message": f"replica {r.id} of v{r.version} exited before "
-                                            f"it was ready: {tail[-600:]}"}
-                await self._event("replica.failed", st.name, {**info, "log": tail[-600:]})
-            else:
-                st.crash_streak[r.version] += 1
-                st.next_start[r.version] = now + self._backoff(st.crash_streak[r.version])
-                await self._event("replica.crashed", st.name, info)
-        gw = st.gateway
+            del self.procs[r.id]
+            tail = proc.log_tail() if r.state == "starting" else ""  # why a start failed
+            await self._record(st.name, self.rec.replica_exited(st, r, proc.returncode, tail))
+        gw = self.gateways.get(st.name)
         if gw is not None and not gw.alive():
-            st.gateway, st.gateway_live, st.pushed_etag = None, False, None
-            if st.spec is not None and st.spec.port == st.gateway_port:  # else: we moved it
-                st.gateway_failures += 1
-                st.next_start["gateway"] = now + self._backoff(st.gateway_failures)
-                st.last_error = {"generation": st.generation, "message":
-                                 f"gateway on port {st.gateway_port} exited: "
-                                 f"{gw.log_tail()[-600:]}"}
-                await self._event("gateway.crashed", st.name,
-                                  {"pid": gw.pid, "port": st.gateway_port})
+            del self.gateways[st.name]
+            await self._record(st.name, self.rec.gateway_exited(st, gw.log_tail()))
 
     async def _probe(self, st: DeploymentState) -> None:
-        async def one(r: ReplicaProc) -> None:
-            ok = await self._get_ok(r.url + "/v2/health/ready")
-            r.healthy = ok
-            if ok and r.state == "starting":
-                r.state = "ready"
-                st.good_versions.add(r.version)
-                st.start_failures[r.version] = 0
-                await self._event("replica.ready", st.name, {
-                    "replica": r.id, "version": r.version, "pid": r.proc.pid, "port": r.port,
-                    "seconds": round(time.monotonic() - r.started, 2)})
-            elif ok and time.monotonic() - r.started > 30:
-                st.crash_streak[r.version] = 0  # stable for a while: reset the backoff
+        async def one(r: Replica) -> None:
+            ok = await self.remote.ok(r.url + "/v2/health/ready")
+            await self._record(st.name, self.rec.probed(st, r, ok))
+
+        async def gateway() -> None:
+            live = await self.remote.ok(f"http://127.0.0.1:{st.gateway_port}/v2/health/live")
+            await self._record(st.name, self.rec.gateway_probed(st, live))
 
         checks = [one(r) for r in st.replicas.values() if r.state != "draining"]
-        if st.gateway is not None:
-            checks.append(self._probe_gateway(st))
+        if st.name in self.gateways:
+            checks.append(gateway())
         await asyncio.gather(*checks)
 
-    async def _probe_gateway(self, st: DeploymentState) -> None:
-        live = await self._get_ok(f"http://127.0.0.1:{st.gateway_port}/v2/health/live")
-        if live and not st.gateway_live:
-            st.gateway_failures = 0
-            await self._event("gateway.ready", st.name, {"port": st.gateway_port})
-        st.gateway_live = live
-
     def _start_missing(self, st: DeploymentState, spec: DeploymentSpec) -> None:
-        now = time.monotonic()
-        for version, wanted in spec.versions().items():
-            active = [r for r in st.replicas.values()
-                      if version in (r.version, r.swapping) and r.state in ("starting", "ready")]
-            if len(active) >= wanted or now < st.next_start.get(version, 0.0):
-                continue
-            for _ in range(wanted - len(active)):
-                st.seq += 1
-                rid = f"{st.name}-v{version}-{st.seq}"
-                port = free_port()
-                proc = spawn("stratum.serve", [
-                    "--model", f"{spec.model}@{version}", "--port", str(port),
-                    "--name", st.name], self._env, self._logs / st.name / f"{rid}.log")
-                st.replicas[rid] = ReplicaProc(rid, version, port, proc)
-                self._event_soon("replica.started", st.name, {
-                    "replica": rid, "version": version, "pid": proc.pid, "port": port})
+        for start in self.rec.to_start(st, spec):
+            port = self._free_port()
+            proc = self._spawn("stratum.serve", [
+                "--model", f"{spec.model}@{start.version}", "--port", str(port),
+                "--name", st.name], self._env, self._logs / st.name / f"{start.id}.log")
+            self.procs[start.id] = proc
+            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid))
 
-    def _swap_stale(self, st: DeploymentState, spec: DeploymentSpec) -> None:
-        """A deployment that follows an alias moves in place: each ready replica of an
-        older version loads the new one beside it and switches when warm (no new
-        process, no request lost); traffic stays on the old version until it has."""
-        if time.monotonic() < st.next_start.get(spec.version, 0.0):
-            return
-        wanted = spec.versions()
-        for r in st.replicas.values():
-            if r.state == "ready" and r.swapping is None and r.version not in wanted:
-                r.swapping = spec.version
-                task = asyncio.create_task(self._swap(st, r, spec.version))
-                self._stopping.add(task)
-                task.add_done_callback(self._stopping.discard)
-
-    async def _swap(self, st: DeploymentState, r: ReplicaProc, version: int) -> None:
+    async def _swap(self, st: DeploymentState, r: Replica, version: int) -> None:
         t0 = time.monotonic()
-        try:
-            resp = await self.http.post(r.url + "/admin/swap", json={"ref": str(version)},
-                                        timeout=self.cfg.ready_timeout_s)
-            ok, detail = resp.status_code == 200, resp.text[-600:]
-        except httpx.HTTPError as exc:
-            ok, detail = False, f"{type(exc).__name__}: {exc}"
-        r.swapping = None
-        info = {"replica": r.id, "from": r.version, "to": version,
-                "seconds": round(time.monotonic() - t0, 2)}
-        if ok:
-            r.version = version
-            st.good_versions.add(version)
-            await self._event("replica.swapped", st.name, info)
-        else:
-            st.start_failures[version] += 1
-            st.next_start[version] = time.monotonic() + self._backoff(
-                st.start_failures[version])
-            st.last_error = {"generation": st.generation, "version": version,
-                             "message": f"replica {r.id} could not swap to v{version}: "
-                                        f"{detail}"}
-            await self._event("replica.swap_failed", st.name, {**info, "error": detail})
+        ok, detail = await self.remote.swap(r.url, version, self.cfg.ready_timeout_s)
+        await self._record(st.name, self.rec.swap_done(st, r, version, ok, detail,
+                                                       time.monotonic() - t0))
         self.wake.set()
 
     def _ensure_gateway(self, st: DeploymentState, spec: DeploymentSpec) -> None:
-        if st.gateway is not None and st.gateway_port != spec.port:
-            st.gateway.terminate()  # moved port: the new one starts once this one is reaped
-            return
-        if st.gateway is not None or time.monotonic() < st.next_start.get("gateway", 0.0):
-            return
-        host = self.settings.gateway.host
-        st.gateway = spawn("stratum.gateway", ["--host", host, "--port", str(spec.port),
-                                               "--name", st.name],
-                           self._env, self._logs / st.name / "gateway.log")
-        st.gateway_port, st.gateway_live, st.pushed_etag = spec.port, False, None
-        self._event_soon("gateway.started", st.name, {"pid": st.gateway.pid, "port": spec.port})
+        action = self.rec.gateway_action(st, spec)
+        if action == "stop":
+            self.gateways[st.name].terminate()
+        elif action == "start":
+            gw = self._spawn("stratum.gateway", ["--host", self.settings.gateway.host,
+                                                 "--port", str(spec.port), "--name", st.name],
+                             self._env, self._logs / st.name / "gateway.log")
+            self.gateways[st.name] = gw
+            self._record_soon(st.name, self.rec.gateway_started(st, spec.port, gw.pid))
 
-    def _retire(self, st: DeploymentState, r: ReplicaProc, drain: bool) -> None:
+    def _stop(self, st: DeploymentState, stops: list[Stop]) -> None:
         """Drain (ask the replica to finish what it has), then SIGTERM, then SIGKILL."""
-        if r.state == "draining":
-            return
-        r.state = "draining"
-        self._event_soon("replica.draining", st.name, {"replica": r.id, "version": r.version})
-
-        async def stop() -> None:
-            if drain:
-                try:
-                    await self.http.post(r.url + "/admin/drain",
-                                         timeout=self.settings.serve.drain_timeout_s)
-                except httpx.HTTPError:
-                    pass
-            r.proc.terminate()
-            deadline = time.monotonic() + self.settings.serve.drain_timeout_s + 5
-            while r.proc.alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            if r.proc.alive():
-                r.proc.kill()
-
-        task = asyncio.create_task(stop())
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
-
-    async def _give_up_failed(self, st: DeploymentState, spec: DeploymentSpec) -> bool:
-        """A version that never got ready after ``start_attempts`` starts: revert the wanted
-        state to what still serves (or, on a first deploy, stop trying)."""
-        for version in spec.versions():
-            if version in st.good_versions or \
-                    st.start_failures[version] < self.cfg.start_attempts:
+        for stop in stops:
+            r, drain = stop.replica, stop.drain
+            if not self.rec.retiring(r):
                 continue
-            reason = (st.last_error or {}).get("message", "it never became ready")
-            serving = {r.version for r in st.replicas.values() if r.state == "ready"}
-            fallback = self._fallback(spec, version, serving)
-            outcome = "kept serving the current version" if fallback else "gave up"
-            st.last_error = {"generation": st.generation, "version": version,
-                             "message": f"v{version} of {spec.model} failed to start "
-                                        f"{st.start_failures[version]} times; {outcome}. "
-                                        f"Last error: {reason}"}
-            st.given_up.add(version)
-            await self._event("deployment.update_failed", st.name, st.last_error)
-            if fallback is not None:
-                await asyncio.to_thread(self.meta.put_deployment, st.name,
-                                        fallback.model_dump(mode="json"))
-                self.wake.set()
-            else:
-                st.next_start[version] = float("inf")
-            await self._observe(st, spec, converged=False)
-            return fallback is not None
-        return False
+            self._record_soon(st.name, Event("replica.draining",
+                                             {"replica": r.id, "version": r.version}))
+            self._background(self._terminate(r, self.procs[r.id], drain))
 
-    @staticmethod
-    def _fallback(spec: DeploymentSpec, bad: int, serving: set[int]) -> DeploymentSpec | None:
-        if spec.canary is not None and spec.canary.version == bad:
-            return spec.model_copy(update={"canary": None})
-        if spec.shadow is not None and spec.shadow.version == bad:
-            return spec.model_copy(update={"shadow": None})
-        prev = spec.previous
-        if prev is not None and prev.version in serving:
-            return spec.model_copy(update={"ref": prev.ref, "version": prev.version,
-                                            "previous": None, "canary": None})
-        return None
+    async def _terminate(self, r: Replica, proc: Process, drain: bool) -> None:
+        grace = self.settings.serve.drain_timeout_s
+        if drain:
+            await self.remote.drain(r.url, grace)
+        await procs.stop([proc], grace + 5)
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _backoff(self, n: int) -> float:
-        return float(min(self.cfg.restart_backoff_max_s,
-                         self.cfg.restart_backoff_s * 2 ** max(0, n - 1)))
-
-    async def _get_ok(self, url: str) -> bool:
-        try:
-            return (await self.http.get(url, timeout=0.5)).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def _push(self, st: DeploymentState, body: str) -> bool:
-        try:
-            r = await self.http.put(
-                f"http://127.0.0.1:{st.gateway_port}/admin/routes", content=body,
-                headers={"content-type": "application/json", "x-stratum-admin-token": self.token})
-        except httpx.HTTPError as exc:
-            log.warning("could not push routes to %s: %s", st.name, exc)
-            return False
-        if r.status_code != 200:
-            log.warning("gateway of %s refused routes: %s %s", st.name, r.status_code, r.text)
-        return r.status_code == 200
-
+    # -- the store -------------------------------------------------------------------------
     async def _observe(self, st: DeploymentState, spec: DeploymentSpec, converged: bool) -> bool:
-        wanted = spec.versions()
-        ready = Counter(r.version for r in st.replicas.values() if r.state == "ready")
-        settled = converged and all(ready[v] >= n for v, n in wanted.items()) and all(
-            r.version in wanted and r.state == "ready" for r in st.replicas.values())
-        given_up = any(st.next_start.get(v) == float("inf") for v in wanted)
-        serving = converged and st.gateway_live and bool(ready)
-        if settled and st.gateway_live:
-            status = "ready"
-        elif given_up and not ready:
-            status = "failed"
-        elif not serving:
-            status = "starting"
-        elif any(r.version not in wanted for r in st.replicas.values()):
-            status = "updating"
-        else:
-            status = "degraded"
-        doc = {
-            "generation": st.generation, "status": status,
-            "gateway": {"port": st.gateway_port, "pid": st.gateway.pid if st.gateway else None,
-                        "live": st.gateway_live,
-                        "url": f"http://{self.settings.gateway.host}:{st.gateway_port}"},
-            "replicas": [{"id": r.id, "version": r.version, "pid": r.proc.pid, "port": r.port,
-                          "url": r.url, "state": r.state, "healthy": r.healthy}
-                         for r in st.replicas.values()],
-            "traffic": st.traffic, "last_error": st.last_error,
-        }
+        status, doc = observed(st, spec, converged, self.settings.gateway.host)
         if doc != st.last_observed:
             st.last_observed = doc
             await asyncio.to_thread(self.meta.observe_deployment, st.name, status, doc)
-        return status not in ("ready", "failed")
+        return settling(status)
 
-    async def _event(self, kind: str, subject: str, payload: dict[str, Any]) -> None:
-        log.info("%s %s %s", kind, subject, payload)
-        await asyncio.to_thread(self.meta.add_event, kind, subject, payload)
+    async def _record(self, subject: str, event: Event | None) -> None:
+        if event is not None:
+            log.info("%s %s %s", event.kind, subject, event.payload)
+            await asyncio.to_thread(self.meta.add_event, event.kind, subject, event.payload)
 
-    def _event_soon(self, kind: str, subject: str, payload: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._event(kind, subject, payload))
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+    def _record_soon(self, subject: str, event: Event) -> None:
+        self._background(self._record(subject, event))
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)  # the loop keeps only weak references to its tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop every process this supervisor runs (gateways first) and wait for them."""
-        procs = [st.gateway for st in self.states.values() if st.gateway is not None]
-        for p in procs:
-            p.terminate()
-        replicas = [r.proc for st in self.states.values() for r in st.replicas.values()]
-        for p in replicas:
-            p.terminate()
-        deadline = time.monotonic() + grace
-        while any(p.alive() for p in procs + replicas) and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        for p in procs + replicas:
-            if p.alive():
-                p.kill()
-        await self.http.aclose()
+        await procs.stop([*self.gateways.values(), *self.procs.values()], grace)
+        await self.remote.aclose()

@@ -32,15 +32,17 @@ import pyarrow.parquet as pq
 from safetensors.numpy import save as st_save
 
 from stratum.data.cleaning import CleaningReport, Deduper, clean_batch
+from stratum.data.csv_reader import RetryAsText
 from stratum.data.dataset import ROW_ID, SPLIT
 from stratum.data.fitting import fill_values, fit_pipeline
-from stratum.data.readers import RetryAsText, prefetch
+from stratum.data.prefetch import prefetch
 from stratum.data.schema import Schema, infer_schema, infer_task
 from stratum.data.sharding import row_hashes, shard_of
-from stratum.data.sources import Source, open_source
+from stratum.data.sources import open_source
 from stratum.data.spill import ShardFiles, write_replicas
 from stratum.data.split import Splitter
 from stratum.data.stats import StatsAccumulator
+from stratum.data.tables import Source
 from stratum.errors import DataError, NotFoundError
 from stratum.security.names import validate_name
 from stratum.store import Store

@@ -6,9 +6,8 @@ balancer pick, one HTTP/1.1 exchange on a pooled connection, and a retry on anot
 if that failed at the connection level or with a 5xx. The body is never parsed: the
 replica validates it and its 4xx passes through unchanged.
 
-Local routes: ``/v2/health/live``, ``/v2/health/ready`` (some replica is healthy),
-``/metrics``, ``GET|PUT /admin/routes`` (the supervisor installs the routing table here)
-and ``GET /admin/info``.
+Local routes (health, metrics, the admin routing table) are ``gateway.local``; what a
+request is to the gateway (``Call``) is ``gateway.call``.
 """
 
 from __future__ import annotations
@@ -20,25 +19,32 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from stratum.asgi import read_body
 from stratum.config import Settings
 from stratum.errors import (
-    BadRequestError,
     NotFoundError,
-    PayloadTooLargeError,
     ServingError,
     StratumError,
     UpstreamError,
 )
 from stratum.gateway.auth import RateLimiter, scope_for
+from stratum.gateway.call import (
+    JSON_HEADERS,
+    Call,
+    Receive,
+    Scope,
+    Send,
+    model_of,
+    read_call_body,
+    route_label,
+)
 from stratum.gateway.health import Health
+from stratum.gateway.local import LocalRoutes
 from stratum.gateway.metrics import GatewayMetrics
 from stratum.gateway.retry import RetryBudget, should_retry
 from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
@@ -48,43 +54,10 @@ from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-_JSON = [(b"content-type", b"application/json")]
 _FORWARD = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent"))
 # Request ids: a random per-process prefix and a counter — unique, and cheaper than uuid4.
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count()
-
-
-@dataclass(slots=True)
-class Call:
-    """One request, whichever server received it (uvicorn's ASGI or ``server.py``)."""
-
-    method: str
-    path: str  # percent-decoded, for routing
-    target: str  # path and query exactly as sent, for forwarding
-    headers: dict[bytes, bytes]  # names lower-case
-    client: str | None
-    read_body: Callable[[], Awaitable[bytes]]
-
-
-def _route_label(path: str) -> str:
-    if path.endswith("/infer"):
-        return "infer"
-    if path.endswith(":predict"):
-        return "predict"
-    if path.endswith("/feedback"):
-        return "feedback"
-    return "metadata" if path.startswith(("/v2/models/", "/v1/models/")) else "other"
-
-
-def _model_of(path: str) -> str | None:
-    if path.startswith(("/v2/models/", "/v1/models/")):
-        return path[11:].split("/", 1)[0].split(":", 1)[0] or None
-    return None
 
 
 class Gateway:
@@ -111,6 +84,7 @@ class Gateway:
         self._forward = _FORWARD | {self._hash_header}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shadow_inflight = 0
+        self.local = LocalRoutes(self)
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -169,23 +143,23 @@ class Gateway:
         try:
             status, out_headers, body = await self._dispatch(call)
         except StratumError as exc:
-            status, out_headers, body = exc.http_status, _JSON, orjson.dumps(exc.to_dict())
+            status, out_headers, body = exc.http_status, JSON_HEADERS, orjson.dumps(exc.to_dict())
         out = list(out_headers)
         if not any(k == b"x-request-id" for k, _ in out):
             out.append((b"x-request-id", rid))
-        self.metrics.observe(_route_label(call.path), status, time.perf_counter() - t0)
+        self.metrics.observe(route_label(call.path), status, time.perf_counter() - t0)
         return status, out, body
 
     async def _dispatch(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         path = call.path
-        local = self._local(call.method, path)
+        local = self.local.find(call.method, path)
         if local is not None and not path.startswith("/admin/"):
             return await local(call)
         await self._admit(call)
         if local is not None:
             return await local(call)
-        body = await self._read_body(call)
-        model = _model_of(path)
+        body = await read_call_body(call, self.cfg.max_body_bytes)
+        model = model_of(path)
         table = self.table
         pool = table.pool(model) if model else (table.wildcard or next(
             iter(table.pools.values()), None))
@@ -218,15 +192,6 @@ class Gateway:
             who = call.client or "anonymous"
         if self.limiter is not None:
             self.limiter.check(who)
-
-    async def _read_body(self, call: Call) -> bytes:
-        limit = self.cfg.max_body_bytes
-        declared = call.headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLargeError(
-                f"the body has {int(declared)} bytes; the limit is {limit}",
-                hint="send fewer samples per request")
-        return await call.read_body()
 
     # -- forwarding ------------------------------------------------------------------------
     async def _forward_with_retry(
@@ -311,54 +276,6 @@ class Gateway:
             self.metrics.shadow.labels("error").inc()
         finally:
             self._shadow_inflight -= 1
-
-    # -- local routes ----------------------------------------------------------------------
-    def _local(self, method: str, path: str) -> Callable[[Call], Awaitable[
-            tuple[int, list[tuple[bytes, bytes]], bytes]]] | None:
-        if path == "/v2/health/live":
-            return self._live
-        if path == "/v2/health/ready":
-            return self._ready
-        if path == "/metrics":
-            return self._metrics
-        if path == "/admin/routes":
-            return self._put_routes if method == "PUT" else self._get_routes
-        if path == "/admin/info":
-            return self._info
-        return None
-
-    async def _live(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        return 200, _JSON, b'{"live":true}'
-
-    async def _ready(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        ok = any(u.healthy for u in self.table.upstreams.values())
-        return (200 if ok else 503), _JSON, orjson.dumps({"ready": ok})
-
-    async def _metrics(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        ups = self.table.upstreams.values()
-        self.metrics.replicas.set(len(ups))
-        self.metrics.healthy.set(sum(1 for u in ups if u.healthy))
-        return 200, [(b"content-type", b"text/plain; version=0.0.4")], self.metrics.render()
-
-    async def _get_routes(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        return 200, _JSON, orjson.dumps(self.table.describe())
-
-    async def _info(self, _: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        ups = self.table.upstreams.values()
-        return 200, _JSON, orjson.dumps({
-            "role": "gateway", "name": self.name, "pid": os.getpid(), "etag": self.table.etag,
-            "replicas": len(ups), "healthy": sum(1 for u in ups if u.healthy),
-            "retries": {"spent": self.budget.spent, "refused": self.budget.refused},
-        })
-
-    async def _put_routes(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        body = await self._read_body(call)
-        try:
-            spec = RoutesSpec.model_validate_json(body)
-        except ValidationError as exc:
-            raise BadRequestError(f"invalid routes: {exc.errors(include_url=False)}") from exc
-        self.install(spec)
-        return 200, _JSON, orjson.dumps(self.table.describe())
 
     def install(self, spec: RoutesSpec) -> None:
         """Swap in a new routing table atomically; replicas that left get their idle

@@ -23,7 +23,9 @@ from urllib.parse import unquote
 
 import httptools
 
-from stratum.gateway.app import Call, Gateway, PayloadTooLargeError
+from stratum.errors import PayloadTooLargeError
+from stratum.gateway.app import Gateway
+from stratum.gateway.call import Call
 
 log = logging.getLogger(__name__)
 

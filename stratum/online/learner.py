@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,29 +30,22 @@ import numpy as np
 import torch
 
 from stratum.config import Settings
-from stratum.data import open_dataset
 from stratum.data.preprocessing import Pipeline
 from stratum.data.signature import Signature
 from stratum.errors import ConfigError, NotFoundError, StratumError
 from stratum.monitor.alerts import Alert, AlertManager
-from stratum.monitor.drift import DriftMonitor, ReferenceProfile
+from stratum.monitor.drift import DriftMonitor
 from stratum.monitor.metrics import Metrics
 from stratum.online.gate import Decision, decide
 from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
+from stratum.online.reference import load_reference
+from stratum.online.window import FeedbackWindow, Pending, Row, join
 from stratum.queue import Message, Queue, feedback_stream, open_queue
-from stratum.store import Lineage, ProcessedIds, Store, load_model, register_model
+from stratum.store import ProcessedIds, Store, load_model, register_model
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Row:
-    request_id: str
-    x: np.ndarray  # model-ready inputs of the request (one row per instance)
-    y: np.ndarray  # class indices or values
-    held_out: bool  # kept out of fine-tuning; the gate judges on it
 
 
 @dataclass
@@ -117,17 +108,15 @@ class Learner:
         self.alerts = AlertManager(store.meta, metrics=self.metrics, cooldown_s=60.0)
         self.on_update = on_update
         self.stats = Stats()
-        self.window: deque[Row] = deque()
-        self._window_rows = 0
-        self._pending: dict[str, tuple[Row | None, list[str]]] = {}  # request id → row, msgs
-        self._pending_since: float | None = None
+        self.window = FeedbackWindow(self.cfg.recent_window)
+        self._pending = Pending()
         self._drifted = False
         # Input drift is about the traffic from now on, not the log's whole history.
         self._drift_seen_at: datetime | None = utcnow()
         self.champion = self._load_champion()
         self.drift.baseline_accuracy = self.champion.holdout_score
 
-    # -- champion and reference data --------------------------------------------------
+    # -- the champion --------------------------------------------------------------------
     def _load_champion(self, version: int | None = None) -> Champion:
         meta, alias = self.store.meta, self.cfg.promote_alias
         try:
@@ -141,31 +130,14 @@ class Learner:
         model = load_online_model(loaded)
         pipeline = Pipeline.from_artifacts(*loaded.preprocessing) if loaded.preprocessing \
             else None
-        lineage = loaded.spec.lineage
         if not hasattr(self, "holdout"):
-            self._load_reference(lineage)
+            ref = load_reference(self.store, self.name, loaded.spec.lineage, self.cfg)
+            self.holdout, self.replay = ref.holdout, ref.replay
+            self.drift = DriftMonitor.from_settings(ref.profile, self.cfg, model=self.name,
+                                                    metrics=self.metrics)
         return Champion(mv.version, model, Signature.from_spec(loaded.spec, pipeline),
                         loaded.preprocessing, score(model, *self.holdout),
                         mv.dataset_version_id)
-
-    def _load_reference(self, lineage: Lineage) -> None:
-        """Holdout (the dataset's test split), replay sample and drift profile."""
-        if not lineage.dataset:
-            raise ConfigError(f"{self.name} has no dataset in its lineage; the learner needs "
-                              "its test split as holdout and its training data for replay")
-        ref = f"{lineage.dataset}@{lineage.dataset_version}" if lineage.dataset_version \
-            else lineage.dataset
-        ds = open_dataset(self.store, ref)
-        rng = np.random.default_rng(0)
-        xt, yt = ds.load("test")
-        keep = rng.permutation(len(xt))[: self.cfg.holdout_rows]
-        self.holdout = (xt[keep], yt[keep])
-        xr, yr = ds.load("train")
-        keep = rng.permutation(len(xr))[: self.cfg.replay_size]
-        self.replay = (xr[keep], yr[keep])
-        profile = ReferenceProfile.fit(xr[keep].reshape(len(keep), -1))
-        self.drift = DriftMonitor.from_settings(profile, self.cfg, model=self.name,
-                                                metrics=self.metrics)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop: threading.Event | None = None, *, idle_wait_s: float = 0.5) -> None:
@@ -181,10 +153,7 @@ class Learner:
     def step(self, wait_s: float = 0.0) -> Update | None:
         """Take what feedback there is; make a challenger when one is due."""
         self._follow_champion()
-        msgs = self.queue.get(max_items=max(self.cfg.batch_size, 1),
-                              visibility_timeout_s=self.cfg.visibility_timeout_s,
-                              consumer=self.consumer, wait_s=wait_s)
-        if msgs:
+        if msgs := self._lease(wait_s):
             self._take(msgs)
         self._check_input_drift()
         trigger = self._due()
@@ -192,12 +161,15 @@ class Learner:
 
     def drain(self, wait_s: float = 0.5) -> Update | None:
         """Take all the feedback waiting now and make one challenger from it."""
-        while msgs := self.queue.get(max_items=max(self.cfg.batch_size, 1),
-                                     visibility_timeout_s=self.cfg.visibility_timeout_s,
-                                     consumer=self.consumer, wait_s=wait_s):
+        while msgs := self._lease(wait_s):
             self._take(msgs)
             wait_s = 0.0
         return self.update("manual") if self._pending else None
+
+    def _lease(self, wait_s: float) -> list[Message]:
+        return self.queue.get(max_items=max(self.cfg.batch_size, 1),
+                              visibility_timeout_s=self.cfg.visibility_timeout_s,
+                              consumer=self.consumer, wait_s=wait_s)
 
     @property
     def pending_requests(self) -> int:
@@ -208,8 +180,8 @@ class Learner:
         fresh: dict[str, list[Message]] = {}
         for msg in msgs:
             rid = str(msg.payload.get("request_id", ""))
-            if rid in self._pending:  # our own lease ran out and came back: same row
-                self._pending[rid][1].append(msg.id)
+            if rid in self._pending:
+                self._pending.redelivered(rid, msg.id)
                 continue
             fresh.setdefault(rid, []).append(msg)
         if not fresh:
@@ -224,7 +196,7 @@ class Learner:
         for rid, group in fresh.items():
             ids = [m.id for m in group]
             row = self._row(rid, group[0].payload, logged.get(rid))
-            self._pending[rid] = (row, ids)
+            self._pending.add(rid, row, ids)
             if row is not None:
                 served = np.asarray((logged[rid].prediction or {}).get("classes", []))
                 if self.champion.model.spec.task == "classification" and len(served) == len(
@@ -233,8 +205,6 @@ class Learner:
                     flags = [str(classes[c]) == str(s) for c, s in zip(row.y, served,
                                                                        strict=True)]
                     correct_flags += flags
-        if self._pending_since is None and self._pending:
-            self._pending_since = time.monotonic()
         if correct_flags:
             self.stats.served_correct += sum(correct_flags)
             self.stats.served_scored += len(correct_flags)
@@ -246,35 +216,23 @@ class Learner:
             self.stats.expired += 1
             log.info("feedback for %s: its inputs are no longer logged; skipped", rid)
             return None
-        spec = self.champion.model.spec
         try:
-            instances = logged.inputs if isinstance(logged.inputs, list) else [logged.inputs]
-            x = self.champion.signature.from_instances(instances)
-            labels = payload.get("labels", [])
-            if spec.task == "classification":
-                index = {str(c): i for i, c in enumerate(spec.classes or [])}
-                y = np.asarray([index[str(v)] for v in labels], dtype=np.int64)
-            else:
-                y = np.asarray(labels, dtype=np.float32)
-            if len(y) != len(x):
-                raise ValueError(f"{len(y)} labels for {len(x)} instances")
+            return join(rid, payload.get("labels", []), logged, self.champion.signature,
+                        self.champion.model.spec, self.cfg.eval_every)
         except (StratumError, KeyError, ValueError, TypeError) as exc:
             self.stats.skipped += 1
             log.warning("feedback for %s cannot be used: %s", rid, exc)
             return None
-        held_out = zlib.crc32(rid.encode()) % self.cfg.eval_every == 0
-        return Row(rid, x, y, held_out)
 
     def _due(self) -> str | None:
-        rows = sum(len(r.y) for r, _ in self._pending.values() if r is not None)
         if not self._pending:
             return None
         if self._drifted:
             return "drift"
-        if rows >= self.cfg.update_every:
+        if self._pending.rows() >= self.cfg.update_every:
             return "batch"
-        if self._pending_since is not None and \
-                time.monotonic() - self._pending_since >= self.cfg.max_wait_s:
+        since = self._pending.since
+        if since is not None and time.monotonic() - since >= self.cfg.max_wait_s:
             return "timer"
         return None
 
@@ -282,31 +240,24 @@ class Learner:
     def update(self, trigger: str = "manual") -> Update | None:
         """Fine-tune, judge, register, decide, then commit and ack the feedback used."""
         t0 = time.perf_counter()
-        pending, self._pending, self._pending_since = self._pending, {}, None
+        pending, self._pending = self._pending, Pending()
         self._drifted = False
-        rows = [r for r, _ in pending.values() if r is not None]
-        for r in rows:
-            self.window.append(r)
-            self._window_rows += len(r.y)
-        while self._window_rows > self.cfg.recent_window and len(self.window) > 1:
-            self._window_rows -= len(self.window.popleft().y)
-        msg_ids = [i for _, ids in pending.values() for i in ids]
-        keys = list(pending)
+        rows = pending.usable()
+        self.window.extend(rows)
+        keys = pending.request_ids()
         result: Update | None = None
-        train = [r for r in self.window if not r.held_out]
-        judge = [r for r in self.window if r.held_out]
+        train, judge = self.window.split()
         if rows and train:
             result = self._challenge(train, judge, rows, trigger, t0)
         with self.store.meta.session() as s:
             new = self.processed.claim(keys, session=s)
-            used = [pending[k][0] for k in new]
-            applied = sum(len(r.y) for r in used if r is not None)
+            applied = pending.rows(new)
             self.store.meta.add_event("online.feedback", self.name, {
                 "requests": len(new), "rows": applied, "trigger": trigger,
                 "challenger": result.version if result else None}, session=s)
         self.stats.applied += applied
         self.stats.skipped += len(keys) - len(new)
-        self.queue.ack(msg_ids)
+        self.queue.ack(pending.message_ids())
         if result is not None:
             self.stats.updates.append(result)
             if self.on_update:
@@ -358,7 +309,7 @@ class Learner:
                                      "feedback_rows": sum(len(r.y) for r in new),
                                      "first_request": new[0].request_id,
                                      "last_request": new[-1].request_id,
-                                     "window_rows": self._window_rows}}}),
+                                     "window_rows": self.window.rows}}}),
         })
         parent_row = self.store.meta.model_version(self.name, champ.version)
         return register_model(
@@ -375,8 +326,7 @@ class Learner:
         xs = []
         for r in recent:
             try:
-                xs.append(self.champion.signature.from_instances(
-                    r.inputs if isinstance(r.inputs, list) else [r.inputs]))
+                xs.append(self.champion.signature.from_instances(r.instances))
             except StratumError:
                 continue
         if xs:

@@ -23,10 +23,14 @@ from stratum.security.keys import key_id_of, verify_key
 
 
 class KeyRecord(Protocol):
-    key_id: str
-    key_hash: str
-    scopes: Sequence[str]
-    revoked_at: datetime | None
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def key_hash(self) -> str: ...
+    @property
+    def scopes(self) -> Sequence[str]: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
 
 
 class KeyDirectory(Protocol):

@@ -71,7 +71,7 @@ def parse_feedback(body: bytes) -> list[FeedbackItem]:
 def check_labels(item: FeedbackItem, logged: LoggedRequest, classes: Sequence[Any] | None
                  ) -> list[Any]:
     """The labels of ``item``, one per logged instance; 422 when they do not fit."""
-    instances = logged.inputs if isinstance(logged.inputs, list) else [logged.inputs]
+    instances = logged.instances
     labels = item.label if isinstance(item.label, list) else [item.label]
     if len(labels) != len(instances):
         raise SignatureError(f"request {item.request_id} had {len(instances)} instance(s) but "

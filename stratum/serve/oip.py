@@ -7,19 +7,26 @@ the JSON header is the first ``Inference-Header-Content-Length`` bytes of the bo
 each input with ``parameters.binary_data_size`` takes that many raw little-endian bytes
 from the rest, in order; outputs asked for with ``binary_data: true`` come back the same
 way.
+
+The last section maps tensors onto a loaded version: inputs to its batch, its outputs to
+tensors, its signature to the model metadata response.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from stratum.data.signature import to_numeric
 from stratum.errors import BadRequestError, SignatureError
+
+if TYPE_CHECKING:
+    from stratum.serve.swap import ModelSlot
 
 # OIP datatype ↔ NumPy dtype (BYTES is variable-length; no model here takes it).
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -56,6 +63,16 @@ def datatype_of(arr: np.ndarray) -> str:
 
 
 # -- requests -----------------------------------------------------------------------------
+def binary_header_length(headers: Mapping[str, str]) -> int | None:
+    """The binary extension's JSON header length, or None when the body is all JSON."""
+    raw = headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise BadRequestError(f"{HEADER_LENGTH} must be a number of bytes, got {raw!r}")
+    return int(raw)
+
+
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Parse an infer request; any malformation is a ``BadRequestError`` naming the field."""
     binary = b""
@@ -196,3 +213,72 @@ def _bytes_tensor(arr: np.ndarray) -> bytes:
         b = v if isinstance(v, bytes) else str(v).encode()
         out += len(b).to_bytes(4, "little") + b
     return bytes(out)
+
+
+# -- tensors ↔ a loaded version (pure functions of a slot and arrays) ----------------------
+def batch_from_tensors(slot: ModelSlot, inputs: list[Tensor]) -> np.ndarray:
+    """One input → a batch tensor; several inputs → one column per feature name."""
+    if len(inputs) == 1:
+        t = inputs[0]
+        if t.datatype not in NUMERIC:
+            raise SignatureError(f"input {t.name!r} has datatype {t.datatype}; send FP32")
+        return slot.signature.from_array(t.array, f"input {t.name!r}")
+    columns: dict[str, np.ndarray] = {}
+    for t in inputs:
+        if t.array.ndim not in (1, 2) or (t.array.ndim == 2 and t.array.shape[1] != 1):
+            raise SignatureError(f"input {t.name!r}: one input per feature must have shape "
+                                 f"[n] or [n, 1], got {t.shape}")
+        columns[t.name] = t.array.reshape(-1)
+    return slot.signature.from_columns(columns)
+
+
+def output_tensors(slot: ModelSlot, y: np.ndarray, wanted: list[str] | None) -> list[Tensor]:
+    """The model's answer as the output tensors asked for (all of them when ``wanted`` is
+    None); a name the model does not have is a 400."""
+    n = len(y)
+    if slot.classifier:
+        labels = slot.class_labels[y.argmax(axis=1)]
+        avail = {
+            "probabilities": Tensor("probabilities", "FP32", [n, y.shape[1]], y),
+            "label": Tensor("label", datatype_of(labels), [n], labels),
+        }
+    else:
+        avail = {"prediction": Tensor("prediction", "FP32", [n], y)}
+    if wanted is None:
+        return list(avail.values())
+    unknown = [w for w in wanted if w not in avail]
+    if unknown:
+        raise BadRequestError(f"unknown output(s) {unknown}; this model has {sorted(avail)}")
+    return [avail[w] for w in wanted]
+
+
+def instances_of(inputs: list[Tensor]) -> Any:
+    """Tensors as the plain route's instances: the array itself (serialised by orjson when
+    the capture is written, off the request path), or one object per row."""
+    if len(inputs) == 1:
+        return np.ascontiguousarray(inputs[0].array)
+    columns = {t.name: t.array.reshape(-1).tolist() for t in inputs}
+    n = min(len(c) for c in columns.values())
+    return [{k: c[i] for k, c in columns.items()} for i in range(n)]
+
+
+def metadata_response(slot: ModelSlot) -> dict[str, Any]:
+    """The model metadata response (``GET /v2/models/{name}``) of the loaded version."""
+    sig = slot.signature
+    outputs: list[dict[str, Any]]
+    if slot.classifier:
+        k = len(slot.spec.classes or [])
+        outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
+                   {"name": "label", "datatype": datatype_of(slot.class_labels),
+                    "shape": [-1]}]
+    else:
+        outputs = [{"name": "prediction", "datatype": "FP32", "shape": [-1]}]
+    meta: dict[str, Any] = {
+        "name": slot.name, "versions": [str(slot.version)],
+        "platform": f"stratum_{slot.spec.framework}",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *sig.canonical_raw]}],
+        "outputs": outputs,
+    }
+    if sig.feature_names is not None:
+        meta["parameters"] = {"feature_names": list(sig.feature_names)}
+    return meta

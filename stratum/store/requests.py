@@ -46,6 +46,11 @@ class LoggedRequest:
     prediction: Any
     ts: datetime
 
+    @property
+    def instances(self) -> list[Any]:
+        """The request's inputs one per instance: a single-instance request is logged bare."""
+        return self.inputs if isinstance(self.inputs, list) else [self.inputs]
+
 
 class RequestLog:
     """Sampled, masked, expiring log of request inputs over the metadata database."""

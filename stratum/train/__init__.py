@@ -9,6 +9,5 @@ from __future__ import annotations
 from stratum.train.config import TrainConfig, load_config, parse_config
 from stratum.train.fit import fit
 from stratum.train.loop import Progress
-from stratum.train.zoo import build_model
 
-__all__ = ["Progress", "TrainConfig", "build_model", "fit", "load_config", "parse_config"]
+__all__ = ["Progress", "TrainConfig", "fit", "load_config", "parse_config"]

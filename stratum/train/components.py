@@ -8,29 +8,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from stratum.errors import ConfigError
-from stratum.train import zoo
+from stratum.models import build_model
 from stratum.train.config import TrainConfig
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def num_outputs(task: str, classes: Sequence[Any] | None) -> int:
-    if task == "classification":
-        if not classes:
-            raise ConfigError("the dataset is a classification dataset without classes")
-        return len(classes)
-    return 1
-
-
 def build_network(cfg: TrainConfig, input_shape: Sequence[int], outputs: int) -> nn.Module:
-    return zoo.build_model(cfg.model.name, list(input_shape), outputs, **cfg.model.params)
+    return build_model(cfg.model.name, list(input_shape), outputs, **cfg.model.params)
 
 
 def dry_run(model: nn.Module, sample: np.ndarray, outputs: int, what: str) -> None:

@@ -12,6 +12,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ import torch
 from safetensors.torch import load as st_load
 
 from stratum.config import Settings, load_settings
+from stratum.data import open_dataset
 from stratum.errors import ConfigError, NotFoundError
+from stratum.models import estimators as skl
+from stratum.models import num_outputs, resolve_framework
 from stratum.store import Lineage, ModelSpec, Store, register_model
 from stratum.store import models as m
-from stratum.train import sklearn as skl
-from stratum.train.components import build_loss, build_network, dry_run, num_outputs
+from stratum.train.components import build_loss, build_network, dry_run
 from stratum.train.config import TrainConfig, load_config
 from stratum.train.launcher import LocalLauncher, run_dir
 from stratum.train.loop import Job, Progress, evaluate, train
@@ -56,8 +59,6 @@ def fit(config: TrainConfig | str | Path, settings: Settings | None = None,
 
 def _fit(cfg: TrainConfig, settings: Settings, store: Store, progress: ProgressFn | None,
          resume: bool | str) -> m.ModelVersion:
-    from stratum.data import open_dataset
-
     strategy = check_strategy(cfg.resolved_strategy())
     if cfg.workers > 1 and not is_distributed(strategy):
         raise ConfigError(f"strategy {strategy!r} runs one worker but workers is {cfg.workers}",
@@ -72,45 +73,27 @@ def _fit(cfg: TrainConfig, settings: Settings, store: Store, progress: ProgressF
     if es and es.metric not in ("val_loss", *(f"val_{n}" for n in names)):
         raise ConfigError(f"early_stopping.metric {es.metric!r} is not computed",
                           hint=f"use val_loss or one of {', '.join('val_' + n for n in names)}")
-    framework = _framework(cfg)
-    if framework == "sklearn" and (cfg.workers > 1 or is_distributed(strategy)):
-        raise ConfigError("scikit-learn models train in one process; set workers: 1")
+    framework = resolve_framework(cfg.model.name, cfg.model.framework)
+    # Fails now (bad model, shapes, loss), not after spawning workers or opening a run.
+    trainer = _TRAINERS[framework](cfg, ds, strategy)
     parent = _parent(store, cfg)
-    outputs = num_outputs(ds.task, ds.classes)
-    if framework == "torch":  # fail now, not after spawning workers
-        torch.manual_seed(cfg.seed)
-        net = build_network(cfg, ds.input_shape, outputs)
-        x0, _ = ds.load("train", worker=0, world=cfg.workers)
-        if len(x0) == 0:
-            raise ConfigError(f"dataset {cfg.dataset} has no training rows for worker 0")
-        dry_run(net, x0, outputs, cfg.model.name)
-        build_loss(cfg, ds.task)
 
     run_id = _resume_run(store, cfg, resume) if resume else None
     run = store.meta.start_run(
-        cfg.model_name, strategy=strategy if framework == "torch" else "sklearn",
-        config=cfg.model_dump(mode="json"), dataset_version_id=ds.row.id, run_id=run_id)
+        cfg.model_name, strategy=trainer.strategy, config=cfg.model_dump(mode="json"),
+        dataset_version_id=ds.row.id, run_id=run_id)
     try:
         t0 = time.perf_counter()
-        if framework == "sklearn":
-            blob, test, summary = _fit_sklearn(cfg, store, ds)
-            weights: dict[str, torch.Tensor] | None = None
-        else:
-            job = Job(config=cfg, run_id=run.id, dataset=f"{ds.name}@{ds.version}",
-                      init_weights=parent.artifact_path + "/weights.safetensors"
-                      if parent else None)
-            weights, summary = _train_torch(job, settings, store, progress)
-            test = _test_torch(cfg, ds, weights, outputs)
-            blob = None
-        summary["wall_s"] = time.perf_counter() - t0
-        test = {k: v for k, v in test.items() if k in names or k == "loss"}
+        job = Job(config=cfg, run_id=run.id, dataset=f"{ds.name}@{ds.version}",
+                  init_weights=parent.artifact_path + "/weights.safetensors" if parent else None)
+        out = trainer.run(job, settings, store, progress)
+        summary = {**out.summary, "wall_s": time.perf_counter() - t0}
+        test = {k: v for k, v in out.test.items() if k in names or k == "loss"}
         summary["test"] = test
         spec = ModelSpec(
-            framework="sklearn" if framework == "sklearn" else "torch",
-            architecture=cfg.model.name, params=cfg.model.params, task=ds.task,
-            input_shape=list(ds.input_shape), feature_names=list(ds.feature_names),
-            classes=ds.classes, weights_file=skl.WEIGHTS_FILE if blob else "weights.safetensors",
-            metrics=test,
+            framework=framework, architecture=cfg.model.name, params=cfg.model.params,
+            task=ds.task, input_shape=list(ds.input_shape), feature_names=list(ds.feature_names),
+            classes=ds.classes, weights_file=out.weights_file, metrics=test,
             lineage=Lineage(
                 dataset=ds.name, dataset_version=ds.version,
                 parent_version=parent.version if parent else None, run_id=run.id,
@@ -120,8 +103,8 @@ def _fit(cfg: TrainConfig, settings: Settings, store: Store, progress: ProgressF
                        "restarts": len(summary.get("restarts", []))}),
         )
         mv = register_model(
-            store.meta, store.artifacts, cfg.model_name, spec, weights=weights,
-            weights_blob=blob, preprocessing=ds.pipeline.to_artifacts(), run_id=run.id,
+            store.meta, store.artifacts, cfg.model_name, spec, weights=out.weights,
+            weights_blob=out.blob, preprocessing=ds.pipeline.to_artifacts(), run_id=run.id,
             parent_id=parent.id if parent else None, dataset_version_id=ds.row.id,
             aliases=("candidate",))
         store.meta.log_metrics(run.id, {f"test_{k}": v for k, v in test.items()},
@@ -136,65 +119,103 @@ def _fit(cfg: TrainConfig, settings: Settings, store: Store, progress: ProgressF
         raise
 
 
-def _train_torch(job: Job, settings: Settings, store: Store,
-                 progress: ProgressFn | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    cfg = job.config
-    if not is_distributed(cfg.resolved_strategy()):
+@dataclass
+class _Trained:
+    """What any framework's training hands back: weights (a state dict or a file's bytes),
+    test metrics and the run summary."""
+
+    test: dict[str, float]
+    summary: dict[str, Any]
+    weights: dict[str, torch.Tensor] | None = None
+    blob: bytes | None = None
+    weights_file: str = "weights.safetensors"
+
+
+class _TorchTrainer:
+    """The one training loop, in process (single) or over worker processes (ddp). The
+    network is built once here: checked by a dry run, trained in process, then tested."""
+
+    def __init__(self, cfg: TrainConfig, ds: Any, strategy: str) -> None:
+        self.cfg, self.ds, self.strategy = cfg, ds, strategy
+        self.outputs = num_outputs(ds.task, ds.classes)
+        torch.manual_seed(cfg.seed)  # the same initial weights the workers build
+        self.net = build_network(cfg, ds.input_shape, self.outputs)
+        x0, _ = ds.load("train", worker=0, world=cfg.workers)
+        if len(x0) == 0:
+            raise ConfigError(f"dataset {cfg.dataset} has no training rows for worker 0")
+        dry_run(self.net, x0, self.outputs, cfg.model.name)
+        self.loss = build_loss(cfg, ds.task)
+
+    def run(self, job: Job, settings: Settings, store: Store,
+            progress: ProgressFn | None) -> _Trained:
+        if is_distributed(self.strategy):
+            weights, summary = self._launch(job, settings, store, progress)
+        else:
+            weights, summary = self._in_process(job, store, progress)
+        self.net.load_state_dict(weights)
+        x, y = self.ds.load("test")
+        single = Single(WorkerEnv())
+        test = evaluate(single.prepare(self.net), x, y, self.loss, self.ds.task,
+                        self.outputs, single)
+        return _Trained(test=test, summary=summary, weights=weights)
+
+    def _in_process(self, job: Job, store: Store, progress: ProgressFn | None
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         shards = load_shards(store, job.dataset)
         threads = torch.get_num_threads()
-        if cfg.threads:  # this process is the caller's: give its thread count back after
-            torch.set_num_threads(cfg.threads)
+        if self.cfg.threads:  # this process is the caller's: give its thread count back after
+            torch.set_num_threads(self.cfg.threads)
         try:
             result = train(job, Single(WorkerEnv()), shards, store.artifacts,
-                           metrics_sink=store.meta, report=progress)
+                           metrics_sink=store.meta, report=progress, network=self.net)
         finally:
             torch.set_num_threads(threads)
-        return result.state_dict, {
-            "global_step": result.global_step, "history": result.history,
-            "resumed_from": result.resumed_from, "samples_per_s": result.samples_per_s,
-            "checkpoint_seconds": result.checkpoint_seconds,
-           "checkpoint_write_seconds": result.checkpoint_write_seconds, "restarts": []}
-    launcher = LocalLauncher(settings, run_dir(settings, job.run_id), cfg.workers,
-                             on_progress=progress)
-    report = launcher.run(job)
-    base = final_prefix(job.run_id)
-    weights = st_load(store.artifacts.get_bytes(f"{base}/weights.safetensors"))
-    summary = json.loads(store.artifacts.get_bytes(f"{base}/result.json"))
-    summary["restarts"] = [vars(r) for r in report.restarts]
-    summary["launch_wall_s"] = report.wall_s
-    return weights, summary
+        return result.state_dict, {**result.summary(), "restarts": []}
+
+    def _launch(self, job: Job, settings: Settings, store: Store, progress: ProgressFn | None
+                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        launcher = LocalLauncher(settings, run_dir(settings, job.run_id), self.cfg.workers,
+                                 on_progress=progress)
+        report = launcher.run(job)
+        base = final_prefix(job.run_id)
+        weights = st_load(store.artifacts.get_bytes(f"{base}/weights.safetensors"))
+        summary = json.loads(store.artifacts.get_bytes(f"{base}/result.json"))
+        summary["restarts"] = [vars(r) for r in report.restarts]
+        summary["launch_wall_s"] = report.wall_s
+        return weights, summary
 
 
-def _test_torch(cfg: TrainConfig, ds: Any, weights: dict[str, torch.Tensor],
-                outputs: int) -> dict[str, float]:
-    x, y = ds.load("test")
-    net = build_network(cfg, ds.input_shape, outputs)
-    net.load_state_dict(weights)
-    single = Single(WorkerEnv())
-    return evaluate(single.prepare(net), x, y, build_loss(cfg, ds.task), ds.task, outputs,
-                    single)
+class _SklearnTrainer:
+    """A scikit-learn estimator, fitted in this process."""
+
+    strategy = "sklearn"
+
+    def __init__(self, cfg: TrainConfig, ds: Any, strategy: str) -> None:
+        if cfg.workers > 1 or is_distributed(strategy):
+            raise ConfigError("scikit-learn models train in one process; set workers: 1")
+        self.cfg, self.ds = cfg, ds
+
+    def run(self, job: Job, settings: Settings, store: Store,
+            progress: ProgressFn | None) -> _Trained:
+        cfg = self.cfg
+        est = skl.build_estimator(cfg.model.name, self.ds.task, cfg.model.params, cfg.seed)
+        x, y = self.ds.load("train")
+        t0 = time.perf_counter()
+        skl.fit_estimator(est, x, y)
+        fit_s = time.perf_counter() - t0
+        xt, yt = self.ds.load("test")
+        outputs = num_outputs(self.ds.task, self.ds.classes)
+        meter = make_meter(self.ds.task, outputs)
+        meter.update(torch.from_numpy(skl.predict_outputs(est, xt, self.ds.task, outputs)),
+                     torch.from_numpy(yt))
+        return _Trained(test=meter.compute(), summary={"fit_s": fit_s, "samples": len(x)},
+                        blob=skl.dumps(est), weights_file=skl.WEIGHTS_FILE)
 
 
-def _fit_sklearn(cfg: TrainConfig, store: Store,
-                 ds: Any) -> tuple[bytes, dict[str, float], dict[str, Any]]:
-    est = skl.build_estimator(cfg.model.name, ds.task, cfg.model.params, cfg.seed)
-    x, y = ds.load("train")
-    t0 = time.perf_counter()
-    skl.fit_estimator(est, x, y)
-    fit_s = time.perf_counter() - t0
-    xt, yt = ds.load("test")
-    outputs = num_outputs(ds.task, ds.classes)
-    meter = make_meter(ds.task, outputs)
-    meter.update(torch.from_numpy(skl.predict_outputs(est, xt, ds.task, outputs)),
-                 torch.from_numpy(yt))
-    return skl.dumps(est), meter.compute(), {"fit_s": fit_s, "samples": len(x)}
-
-
-def _framework(cfg: TrainConfig) -> str:
-    fw = cfg.model.framework
-    if fw != "auto":
-        return fw
-    return "sklearn" if cfg.model.name in skl.SKLEARN_MODELS else "torch"
+_TRAINERS: dict[str, Callable[[TrainConfig, Any, str], _TorchTrainer | _SklearnTrainer]] = {
+    "torch": _TorchTrainer,
+    "sklearn": _SklearnTrainer,
+}
 
 
 def _parent(store: Store, cfg: TrainConfig) -> m.ModelVersion | None:

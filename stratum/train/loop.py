@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from safetensors.torch import load as st_load
 
 from stratum.errors import TrainingError
+from stratum.models import num_outputs
 from stratum.store.artifacts import ArtifactStore
 from stratum.train import checkpoint as ckpt
 from stratum.train.components import (
@@ -31,7 +32,6 @@ from stratum.train.components import (
     build_network,
     build_optimizer,
     build_schedule,
-    num_outputs,
 )
 from stratum.train.config import TrainConfig
 from stratum.train.metrics import MetricStream, make_meter, metric_names
@@ -88,13 +88,23 @@ class TrainResult:
     checkpoint_write_seconds: list[float] = field(default_factory=list)  # background write
     samples_per_s: float = 0.0
 
+    def summary(self) -> dict[str, Any]:
+        """The run's figures, without the weights: what a run record and result.json hold."""
+        return {"global_step": self.global_step, "history": self.history,
+                "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
+                "checkpoint_seconds": self.checkpoint_seconds,
+                "checkpoint_write_seconds": self.checkpoint_write_seconds,
+                "samples_per_s": self.samples_per_s}
+
 
 Report = Callable[[Progress], None]
 
 
 def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore | None,
-          *, metrics_sink: Any | None = None, report: Report | None = None) -> TrainResult:
-    """Train this worker's share of ``job``; see the module docstring."""
+          *, metrics_sink: Any | None = None, report: Report | None = None,
+          network: torch.nn.Module | None = None) -> TrainResult:
+    """Train this worker's share of ``job``; see the module docstring. ``network`` is the
+    freshly built network when the caller already built it (seeded with ``cfg.seed``)."""
     cfg = job.config
     main = strategy.is_main
     dev = strategy.device
@@ -102,7 +112,8 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
     # -- model, loss, optimizer: identical seed on every rank, so every replica starts equal
     torch.manual_seed(cfg.seed)
     outputs = num_outputs(data.task, data.classes)
-    model = strategy.prepare(build_network(cfg, data.input_shape, outputs))
+    model = strategy.prepare(network if network is not None
+                             else build_network(cfg, data.input_shape, outputs))
     loss_fn = build_loss(cfg, data.task)
     optimizer = build_optimizer(cfg, model)
     x, y = _tensor(data.x_train, dev), _tensor(data.y_train, dev)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 
 from stratum.config import load_settings
+from stratum.data import open_dataset
 from stratum.errors import StratumError
 from stratum.store import Store
 from stratum.train.loop import Job, Progress, Report, Shards, TrainResult, train
@@ -36,8 +37,6 @@ def final_prefix(run_id: str) -> str:
 
 def load_shards(store: Store, ref: str, worker: int = 0, world: int = 1) -> Shards:
     """This worker's train and val arrays, through the data layer's shard reader."""
-    from stratum.data import open_dataset
-
     ds = open_dataset(store, ref)
     x, y = ds.load("train", worker=worker, world=world)
     xv, yv = ds.load("val", worker=worker, world=world)
@@ -49,12 +48,7 @@ def write_final(store: Store, run_id: str, result: TrainResult) -> None:
     """Publish the weights first, the result document (which names them) last."""
     base = final_prefix(run_id)
     store.artifacts.put_bytes(f"{base}/weights.safetensors", st_save(result.state_dict))
-    doc = {"global_step": result.global_step, "history": result.history,
-           "resumed_from": result.resumed_from, "stopped_early": result.stopped_early,
-           "checkpoint_seconds": result.checkpoint_seconds,
-           "checkpoint_write_seconds": result.checkpoint_write_seconds,
-           "samples_per_s": result.samples_per_s}
-    store.artifacts.put_bytes(f"{base}/result.json", json.dumps(doc).encode())
+    store.artifacts.put_bytes(f"{base}/result.json", json.dumps(result.summary()).encode())
 
 
 def progress_writer(path: str | None) -> Report | None:

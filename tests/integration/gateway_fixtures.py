@@ -31,7 +31,7 @@ def register_tiny(store: Store, name: str = "tiny", *, seed: int = 0,
     version registers fine but cannot load."""
     import torch
 
-    from stratum.train.zoo import build_model
+    from stratum.models import build_model
 
     torch.manual_seed(seed)
     net = build_model("mlp", [FEATURES], len(CLASSES), hidden=[16 if broken else 8])

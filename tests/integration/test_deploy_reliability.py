@@ -213,6 +213,26 @@ def test_a_version_that_fails_to_load_leaves_the_current_one_serving(cluster: Cl
     assert cluster.predict().headers["x-model-version"] == "1"
 
 
+def test_a_broken_deployment_does_not_stop_the_others_being_reconciled(
+        cluster: Cluster) -> None:
+    store = Store.open(cluster.settings)
+    try:
+        # A row the supervisor cannot turn into a spec; it is read on every tick.
+        store.meta.put_deployment("garbled", {"model": "tiny"})
+        victim = cluster.deployment()["observed"]["replicas"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        cluster.wait_for("the supervisor to replace the replica despite the broken row",
+                         lambda o: o["status"] == "ready" and len(o["replicas"]) == 1
+                         and victim not in [r["pid"] for r in o["replicas"]])
+        failed = [e for e in store.meta.events(kind="deployment.reconcile_failed")
+                  if e.subject == "garbled"]
+        assert len(failed) == 1, failed  # recorded once while it persists, not every tick
+        assert cluster.predict().status_code == 200
+    finally:
+        store.meta.delete_deployment("garbled")
+        store.close()
+
+
 def test_a_busy_port_is_a_clear_error(cluster: Cluster) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -21,8 +21,8 @@ import torch
 
 from stratum.config import Settings, load_settings
 from stratum.data.preprocessing import Pipeline, build_pipeline
+from stratum.models import build_model
 from stratum.store import ModelSpec, Store, register_model
-from stratum.train.zoo import build_model
 from tests.services import free_port, started
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ from stratum.config import Settings
 from stratum.data import open_dataset
 from stratum.data.preprocessing import Pipeline
 from stratum.errors import ConfigError, TrainingError
+from stratum.models import build_model
+from stratum.models import estimators as skl
 from stratum.store import Store, load_model
 from stratum.train import Progress, fit, parse_config
-from stratum.train import sklearn as skl
-from stratum.train.zoo import build_model
 from tests.integration.train_helpers import example, home_with
 
 

@@ -70,7 +70,7 @@ def test_csv_ingest_versions_splits_and_replicas(store: Store, tmp_path: Path) -
 
 def test_csv_read_in_pieces_loses_and_repeats_no_row(store: Store, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from stratum.data import readers
+    from stratum.data import csv_reader as readers
 
     src = _csv(tmp_path / "p.csv", 3_000)
     src.write_bytes(src.read_bytes().rstrip(b"\n"))  # no line end after the last row

@@ -235,7 +235,7 @@ def test_augment_is_seeded_and_keeps_shape_and_type() -> None:
 def test_prefetch_keeps_order_raises_in_place_and_stops_its_thread() -> None:
     import threading
 
-    from stratum.data.readers import prefetch
+    from stratum.data.prefetch import prefetch
 
     def gen(fail_at: int | None):  # type: ignore[no-untyped-def]
         for i in range(6):

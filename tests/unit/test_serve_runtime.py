@@ -11,10 +11,10 @@ from sklearn.linear_model import LogisticRegression
 
 from stratum.config import Settings
 from stratum.errors import IntegrityError
+from stratum.models import build_model
+from stratum.models.estimators import loads as load_skops
 from stratum.serve.runtime import load_runtime
-from stratum.serve.runtimes.sklearn_rt import load_skops
 from stratum.store import ModelSpec, Store, load_model, register_model
-from stratum.train.zoo import build_model
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "eager"])

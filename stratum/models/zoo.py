@@ -1,7 +1,8 @@
 """The model zoo: torch architectures by name, or a user's ``module:function``.
 
-``build_model(architecture, input_shape, num_outputs, **params)`` is the one seam that
-training, compression and serving use to rebuild a network from a registered spec.
+``build_model(architecture, input_shape, num_outputs, **params)`` builds a fresh network;
+``load_network(loaded)`` rebuilds a registered version's network with its weights. They are
+the one seam that training, compression, serving and the online learner use.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from stratum.errors import ConfigError
+from stratum.errors import ConfigError, IntegrityError
+from stratum.models.outputs import spec_outputs
+from stratum.store import LoadedModel
 
 
 def linear(input_shape: Sequence[int], num_outputs: int) -> nn.Module:
@@ -123,3 +126,17 @@ def build_model(architecture: str, input_shape: Sequence[int], num_outputs: int,
         return ZOO[architecture](list(input_shape), num_outputs, **params)
     except TypeError as exc:
         raise ConfigError(f"bad parameters for model {architecture!r}: {exc}") from exc
+
+
+def load_network(loaded: LoadedModel) -> nn.Module:
+    """The network of a registered torch version with its weights, in eval mode."""
+    spec = loaded.spec
+    net = build_model(spec.architecture, spec.input_shape, spec_outputs(loaded), **spec.params)
+    try:
+        net.load_state_dict(loaded.torch_state_dict())
+    except (RuntimeError, KeyError) as exc:
+        raise IntegrityError(
+            f"model {loaded.name} v{loaded.version}: weights do not fit "
+            f"{spec.architecture} {spec.params}: {exc}"
+        ) from exc
+    return net.eval()

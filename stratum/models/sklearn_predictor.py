@@ -1,4 +1,4 @@
-"""scikit-learn via skops (never pickle): only scikit-learn, NumPy and SciPy types load."""
+"""A scikit-learn estimator as a predictor: class probabilities in ``spec.classes`` order."""
 
 from __future__ import annotations
 
@@ -7,31 +7,20 @@ from typing import Any
 import numpy as np
 
 from stratum.errors import IntegrityError
-from stratum.serve.runtime import num_outputs
+from stratum.models.estimators import loads
+from stratum.models.outputs import spec_outputs
 from stratum.store import LoadedModel
 
-_TRUSTED_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.", "collections.")
 
-
-def load_skops(blob: bytes, where: str) -> Any:
-    import skops.io as sio
-
-    untrusted = sio.get_untrusted_types(data=blob)
-    refused = [t for t in untrusted if not t.startswith(_TRUSTED_PREFIXES)]
-    if refused:
-        raise IntegrityError(
-            f"{where}: refusing to load types outside scikit-learn/NumPy/SciPy: {refused}"
-        )
-    return sio.loads(blob, trusted=untrusted)
-
-
-class SklearnRuntime:
+class SklearnPredictor:
     framework = "sklearn"
+    backend = "sklearn"
+    fallback_reason: str | None = None
 
     def __init__(self, loaded: LoadedModel) -> None:
-        self._est = load_skops(loaded.weights_blob, f"model {loaded.name} v{loaded.version}")
+        self._est = loads(loaded.weights_blob, f"model {loaded.name} v{loaded.version}")
         self._classify = loaded.spec.task == "classification"
-        self._k = num_outputs(loaded)
+        self._k = spec_outputs(loaded)
         self._flat = len(loaded.spec.input_shape) != 1
         self._columns = _class_columns(getattr(self._est, "classes_", None), loaded.spec.classes)
 

@@ -1,4 +1,4 @@
-"""A torch network served through ONNX Runtime: exported at load, checked, cached.
+"""ONNX: inference sessions, and a torch network exported to a checked, cached graph.
 
 Why: eager PyTorch returns to Python after every op and must take the GIL back each time,
 and in a busy replica the event loop holds it most of the time. Measured in-process with
@@ -30,6 +30,19 @@ import torch
 from torch import nn
 
 PROBE_ROWS = 3
+
+
+def session(model: bytes, threads: int | None) -> Any:
+    """A CPU inference session set up for a replica, where the event loop shares the cores."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    # Idle intra-op threads would spin for work and take the core the event loop needs.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def cache_key(weights: bytes, spec: dict[str, Any]) -> str:
@@ -90,4 +103,4 @@ def probe(input_shape: list[int]) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(PROBE_ROWS, *input_shape)).astype(np.float32)
 
 
-__all__ = ["cache_key", "cached_export", "export_onnx", "matches", "probe"]
+__all__ = ["cache_key", "cached_export", "export_onnx", "matches", "probe", "session"]

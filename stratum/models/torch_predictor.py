@@ -1,9 +1,9 @@
-"""PyTorch: rebuild the zoo network, load safetensors weights, infer.
+"""A torch version as a predictor: rebuild the zoo network, load its weights, infer.
 
-By default the network runs in ONNX Runtime (``serve.torch_backend = "onnxruntime"``):
-exported at load, checked against the eager network, cached by weights digest — see
-``torch_onnx`` for why (the GIL). Otherwise, or when that fails, it runs eagerly under
-``inference_mode``.
+With ``backend="onnxruntime"`` (the replica's default, ``serve.torch_backend``) the network
+runs in ONNX Runtime: exported at load, checked against the eager network, cached by
+weights digest — see ``stratum.models.onnx`` for why (the GIL). Otherwise, or when that
+fails, it runs eagerly under ``inference_mode``.
 
 Convolutional networks are served in the channels-last (NHWC) memory layout: oneDNN's CPU
 convolutions and pooling run 2-3x faster on it than on the NCHW layout a network trains
@@ -22,29 +22,22 @@ import torch
 from torch import nn
 
 from stratum.errors import IntegrityError
-from stratum.serve.runtime import num_outputs, softmax
+from stratum.models import onnx as tx
+from stratum.models.outputs import softmax
+from stratum.models.zoo import load_network
 from stratum.store import LoadedModel
-from stratum.train.zoo import build_model
 
 log = logging.getLogger(__name__)
 
 
-class TorchRuntime:
+class TorchPredictor:
     framework = "torch"
 
     def __init__(self, loaded: LoadedModel, *, compile: bool = False,
                  channels_last: bool = True, backend: str = "eager",
                  threads: int | None = None, cache_dir: Path | None = None) -> None:
         spec = loaded.spec
-        net = build_model(spec.architecture, spec.input_shape, num_outputs(loaded), **spec.params)
-        try:
-            net.load_state_dict(loaded.torch_state_dict())
-        except (RuntimeError, KeyError) as exc:
-            raise IntegrityError(
-                f"model {loaded.name} v{loaded.version}: weights do not fit "
-                f"{spec.architecture} {spec.params}: {exc}"
-            ) from exc
-        net.eval()
+        net = load_network(loaded)
         self._classify = spec.task == "classification"
         self.backend = "eager"
         self.fallback_reason: str | None = None
@@ -82,9 +75,6 @@ class TorchRuntime:
 def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
                   cache_dir: Path | None) -> Any:
     """An ONNX Runtime session whose outputs match ``net``'s on a probe batch."""
-    from stratum.serve.runtimes import torch_onnx as tx
-    from stratum.serve.runtimes.onnx_rt import session
-
     spec = loaded.spec
     key = tx.cache_key(loaded.weights_blob, spec.model_dump(mode="json"))
     x = tx.probe(spec.input_shape)
@@ -93,14 +83,14 @@ def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
     data, cached = tx.cached_export(net, spec.input_shape, key, cache_dir)
     if cached:
         try:
-            sess = session(data, threads)
+            sess = tx.session(data, threads)
             if tx.matches(sess.run(None, {"x": x})[0], want):
                 return sess
         except Exception:  # a damaged entry: ONNX Runtime cannot even load it
             pass
         # A stale or damaged cache entry: export afresh, overwriting it.
         data, _ = tx.cached_export(net, spec.input_shape, key, cache_dir, refresh=True)
-    sess = session(data, threads)
+    sess = tx.session(data, threads)
     if not tx.matches(sess.run(None, {"x": x})[0], want):
         raise IntegrityError("the exported ONNX graph does not match the network")
     return sess

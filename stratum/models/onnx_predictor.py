@@ -1,32 +1,20 @@
-"""ONNX Runtime: a torch net exported by compression (logits) or a skl2onnx model
+"""A registered ONNX graph as a predictor: a torch net's export (logits) or a skl2onnx model
 (label + probabilities)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from stratum.errors import IntegrityError
-from stratum.serve.runtime import num_outputs, softmax
+from stratum.models.onnx import session
+from stratum.models.outputs import softmax, spec_outputs
 from stratum.store import LoadedModel
 
 
-def session(model: bytes, threads: int | None) -> Any:
-    """A CPU inference session set up for a replica, where the event loop shares the cores."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    # Idle intra-op threads would spin for work and take the core the event loop needs.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-
-
-class OnnxRuntime:
+class OnnxPredictor:
     framework = "onnx"
+    backend = "onnx"
+    fallback_reason: str | None = None
 
     def __init__(self, loaded: LoadedModel, *, threads: int | None = None) -> None:
         try:
@@ -38,7 +26,7 @@ class OnnxRuntime:
         self._input = first.name
         self._dtype = np.float64 if first.type == "tensor(double)" else np.float32
         self._classify = loaded.spec.task == "classification"
-        self._k = num_outputs(loaded)
+        self._k = spec_outputs(loaded)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         outs = self._sess.run(None, {self._input: x.astype(self._dtype, copy=False)})

@@ -1,7 +1,8 @@
-"""scikit-learn estimators, trained by the same ``fit`` and stored without pickle (skops).
+"""scikit-learn estimators: the zoo, fitting, and the skops codec (never pickle).
 
 On load only types from scikit-learn, NumPy and SciPy are trusted; a file that asks for
-anything else (which is how a malicious skops file would run code) is refused.
+anything else (which is how a malicious skops file would run code) is refused. Training,
+serving and the online learner all load estimators through ``loads``.
 """
 
 from __future__ import annotations
@@ -102,12 +103,13 @@ def dumps(est: Any) -> bytes:
     return data
 
 
-def loads(blob: bytes) -> Any:
+def loads(blob: bytes, where: str = "a scikit-learn model") -> Any:
     """Load a skops file, trusting only scikit-learn / NumPy / SciPy types."""
     import skops.io as sio
 
     untrusted = sio.get_untrusted_types(data=blob)
     refused = [t for t in untrusted if not t.startswith(_TRUSTED_MODULES)]
     if refused:
-        raise IntegrityError(f"refusing to load a scikit-learn model that needs {refused}")
+        raise IntegrityError(f"{where}: refusing to load types outside "
+                             f"scikit-learn/NumPy/SciPy: {refused}")
     return sio.loads(blob, trusted=untrusted)

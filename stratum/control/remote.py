@@ -1,0 +1,58 @@
+"""What the supervisor asks of its replicas and gateways over HTTP: are you ready or live,
+load this version (hot swap), finish what you have (drain), serve this routing table.
+
+Every call answers with a plain outcome instead of raising: a replica or gateway that does
+not answer is a fact the reconcile loop works with, not an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class Remote:
+    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+        self.http = http
+        self.token = token  # the gateways' admin token, which the supervisor handed them
+
+    async def ok(self, url: str) -> bool:
+        """GET ``url`` answers 200 within half a second (a readiness or liveness probe)."""
+        try:
+            return (await self.http.get(url, timeout=0.5)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def swap(self, replica_url: str, version: int, timeout: float) -> tuple[bool, str]:
+        """``(swapped, detail)``: load ``version`` beside the current one, switch when warm."""
+        try:
+            resp = await self.http.post(replica_url + "/admin/swap", json={"ref": str(version)},
+                                        timeout=timeout)
+        except httpx.HTTPError as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return resp.status_code == 200, resp.text[-600:]
+
+    async def drain(self, replica_url: str, timeout: float) -> None:
+        try:
+            await self.http.post(replica_url + "/admin/drain", timeout=timeout)
+        except httpx.HTTPError:
+            pass  # it is stopped next anyway
+
+    async def push_routes(self, name: str, port: int | None, body: str) -> bool:
+        """Install a routing table on deployment ``name``'s gateway; True once it has."""
+        try:
+            r = await self.http.put(
+                f"http://127.0.0.1:{port}/admin/routes", content=body,
+                headers={"content-type": "application/json", "x-stratum-admin-token": self.token})
+        except httpx.HTTPError as exc:
+            log.warning("could not push routes to %s: %s", name, exc)
+            return False
+        if r.status_code != 200:
+            log.warning("gateway of %s refused routes: %s %s", name, r.status_code, r.text)
+        return r.status_code == 200
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,93 @@
+"""What the supervisor knows of each deployment: the wanted spec it works towards, its
+replicas and gateway as last observed, and the counters behind restarts and give-ups; and
+the document it reports from that (``observed``). Plain data: ``reconcile`` decides on it,
+``supervisor`` fills it from processes and probes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from stratum.control.spec import DeploymentSpec
+
+
+@dataclass(eq=False)
+class Replica:
+    id: str
+    version: int
+    port: int
+    pid: int
+    started: float
+    state: str = "starting"  # starting → ready → draining; gone once the process exits
+    swapping: int | None = None  # the version a hot swap is loading, while it does
+    healthy: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass(eq=False)
+class DeploymentState:
+    name: str
+    spec: DeploymentSpec | None = None  # None once undeployed, until everything stopped
+    generation: int = 0
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    gateway_pid: int | None = None  # None while no gateway process runs
+    gateway_port: int | None = None
+    gateway_live: bool = False
+    gateway_failures: int = 0
+    pushed_etag: str | None = None
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    start_failures: Counter[int] = field(default_factory=Counter)
+    crash_streak: Counter[int] = field(default_factory=Counter)
+    next_start: dict[int | str, float] = field(default_factory=dict)
+    good_versions: set[int] = field(default_factory=set)
+    given_up: set[int] = field(default_factory=set)  # versions that never got ready
+    last_error: dict[str, Any] | None = None
+    last_observed: dict[str, Any] | None = None
+    seq: int = 0
+
+    @property
+    def finished(self) -> bool:
+        """Undeployed and nothing of it runs any more: the state can go."""
+        return self.spec is None and not self.replicas and self.gateway_pid is None
+
+
+def observed(st: DeploymentState, spec: DeploymentSpec, converged: bool,
+             host: str) -> tuple[str, dict[str, Any]]:
+    """``(status, document)`` reported for a deployment; ``converged``: the gateway holds
+    the routing table of the replicas as they are now."""
+    wanted = spec.versions()
+    ready = Counter(r.version for r in st.replicas.values() if r.state == "ready")
+    settled = converged and all(ready[v] >= n for v, n in wanted.items()) and all(
+        r.version in wanted and r.state == "ready" for r in st.replicas.values())
+    given_up = any(st.next_start.get(v) == float("inf") for v in wanted)
+    serving = converged and st.gateway_live and bool(ready)
+    if settled and st.gateway_live:
+        status = "ready"
+    elif given_up and not ready:
+        status = "failed"
+    elif not serving:
+        status = "starting"
+    elif any(r.version not in wanted for r in st.replicas.values()):
+        status = "updating"
+    else:
+        status = "degraded"
+    doc = {
+        "generation": st.generation, "status": status,
+        "gateway": {"port": st.gateway_port, "pid": st.gateway_pid, "live": st.gateway_live,
+                    "url": f"http://{host}:{st.gateway_port}"},
+        "replicas": [{"id": r.id, "version": r.version, "pid": r.pid, "port": r.port,
+                      "url": r.url, "state": r.state, "healthy": r.healthy}
+                     for r in st.replicas.values()],
+        "traffic": st.traffic, "last_error": st.last_error,
+    }
+    return status, doc
+
+
+def settling(status: str) -> bool:
+    """Whether a deployment in ``status`` is still in transition (worth a quick recheck)."""
+    return status not in ("ready", "failed")

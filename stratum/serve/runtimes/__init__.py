@@ -1,1 +1,0 @@
-"""Runtime implementations (PyTorch, ONNX Runtime, scikit-learn); see ``serve.runtime``."""
