@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from stratum.config import Settings, load_settings  # noqa: E402
 from stratum.models import build_model  # noqa: E402
+from stratum.security.tokens import replica_secret  # noqa: E402
 from stratum.serve.runtime import load_runtime  # noqa: E402
 from stratum.store import ModelSpec, Store, load_model, register_model  # noqa: E402
 from tests.services import free_port, started  # noqa: E402
@@ -53,6 +54,8 @@ LUA = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
+local secret = os.getenv("BENCH_SECRET")  -- straight to a replica: its deployment secret
+if secret and secret ~= "" then wrk.headers["x-stratum-replica-secret"] = secret end
 done = function(s, latency, requests)
   local e = s.errors
   io.write(string.format(
@@ -122,10 +125,12 @@ def body_file(tmp: Path, name: str, shape: list[int]) -> Path:
     return path
 
 
-def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float) -> dict[str, float]:
+def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float,
+        secret: str = "") -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
            "-s", str(lua), url]
-    res = subprocess.run(cmd, env={**os.environ, "BENCH_BODY": str(body)},
+    res = subprocess.run(cmd, env={**os.environ, "BENCH_BODY": str(body),
+                                   "BENCH_SECRET": secret},
                          capture_output=True, text=True, check=True)
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("BENCH "))
     s = json.loads(line[6:])
@@ -133,11 +138,12 @@ def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float) -> dict[str
             "p99_ms": s["p99_us"] / 1e3, "failed": s["errors"] + s["non2xx"]}
 
 
-def measure(url: str, body: Path, lua: Path, seconds: float) -> dict[int, dict[str, float]]:
-    wrk(url, body, lua, 64, 2)  # warm: connections, allocator, branch predictors
+def measure(url: str, body: Path, lua: Path, seconds: float,
+            secret: str = "") -> dict[int, dict[str, float]]:
+    wrk(url, body, lua, 64, 2, secret)  # warm: connections, allocator, branch predictors
     out = {}
     for c in (1, 64):
-        runs = sorted((wrk(url, body, lua, c, seconds) for _ in range(REPEAT)),
+        runs = sorted((wrk(url, body, lua, c, seconds, secret) for _ in range(REPEAT)),
                       key=lambda r: r["rps"])
         out[c] = runs[len(runs) // 2]  # the median run by req/s, with its own latencies
     return out
@@ -153,7 +159,8 @@ def run_replica(env: dict[str, str], model: str, body: Path, lua: Path, seconds:
     base = f"http://127.0.0.1:{port}"
     with started(replica_cmd(model, port), ready_url=base + "/v2/health/ready", env=env,
                  log=logs / f"replica-{model}.log"):
-        return measure(f"{base}/v2/models/{model}/infer", body, lua, seconds)
+        return measure(f"{base}/v2/models/{model}/infer", body, lua, seconds,
+                       env["STRATUM_REPLICA_SECRET"])
 
 
 def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
@@ -199,7 +206,9 @@ def main() -> int:
                                "max_wait_ms": args.max_wait_ms}.items() if v is not None}
     settings = load_settings(home=tmp / "home", log_level="WARNING", serve=serve)
     register(settings)
-    env = {**settings.child_env(), "PYTHONPATH": str(ROOT)}
+    # Replicas and the static gateway share one secret, as a deployment's would.
+    env = {**settings.child_env(), "PYTHONPATH": str(ROOT),
+           "STRATUM_REPLICA_SECRET": replica_secret()}
     lua = tmp / "post.lua"
     lua.write_text(LUA)
     results: dict[str, dict[str, object]] = {}

@@ -1,5 +1,5 @@
 """The ASGI layer both servers (replica and gateway) speak: a request/response pair, a path
-router and bounded body reading.
+router and bounded body reading (also as a guard in front of another app, ``limit_body``).
 
 The replica speaks raw ASGI instead of going through a framework because, on a small
 machine, the per-request Python is the cost that matters: no middleware stack, no
@@ -8,6 +8,7 @@ per-request validation models, one dict lookup to route a path already seen.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -112,3 +113,53 @@ async def read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]], limit: 
                                        hint="send fewer samples per request")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+def limit_body(app: ASGIApp, limit: int) -> ASGIApp:
+    """``app`` behind a body limit: each request body is read (at most ``limit`` bytes)
+    before ``app`` runs, and one over it gets a 413 without reaching ``app``. For apps
+    that do not bound their own reads (the control plane's FastAPI); their bodies are
+    small, so buffering them first costs nothing."""
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        declared = next((v.decode("latin-1") for k, v in scope["headers"]
+                         if k == b"content-length"), None)
+        gone = False
+
+        async def tracked() -> Mapping[str, Any]:
+            nonlocal gone
+            msg = await receive()
+            gone = gone or msg["type"] == "http.disconnect"
+            return msg
+
+        try:
+            body = await read_body(tracked, limit, declared)
+        except PayloadTooLargeError as exc:
+            # Kept alive: the server reads the rest of the body and drops it, so a client
+            # still sending reads this answer instead of a reset connection.
+            err = PayloadTooLargeError(exc.message)  # read_body's hint is the replica's
+            await send({"type": "http.response.start", "status": err.http_status,
+                        "headers": [(b"content-type", JSON)]})
+            await send({"type": "http.response.body",
+                        "body": json.dumps(err.to_dict(), separators=(",", ":")).encode()})
+            return
+        if gone:  # the client left mid-body: nothing to answer
+            return
+        given = False
+
+        async def replay() -> Mapping[str, Any]:
+            nonlocal given
+            if given:
+                return await receive()  # after the body: wait for the disconnect
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(scope, replay, send)
+
+    return guarded

@@ -12,7 +12,9 @@ raises from this one tree (HTTP status in brackets); no module defines its own:
     ├── ConfigError (400)
     ├── ConflictError (409)
     ├── DataError (422)
+    │   ├── NonFiniteOutputError (422)
     │   └── SignatureError (422)
+    ├── HeadersTooLargeError (431)
     ├── IntegrityError (500)
     ├── InvalidNameError (400)
     ├── MethodNotAllowedError (405)
@@ -21,11 +23,13 @@ raises from this one tree (HTTP status in brackets); no module defines its own:
     ├── PayloadTooLargeError (413)
     ├── QueueError (503)
     ├── RateLimitedError (429)
+    ├── RequestTimeoutError (408)
     ├── ServingError (503)
     │   ├── NotReadyError (503)
     │   └── UpstreamError (502)
     ├── TrainingError (500)
-    └── UnsupportedMediaTypeError (415)
+    ├── UnsupportedMediaTypeError (415)
+    └── UrlTooLongError (414)
 
 ``tests/unit/test_architecture.py`` checks this drawing against the classes.
 """
@@ -96,6 +100,13 @@ class SignatureError(DataError):
     http_status = 422
 
 
+class NonFiniteOutputError(DataError):
+    """A model answered NaN or infinity for some inputs (most often inputs far outside
+    what it was trained on); nothing non-finite is sent out as a prediction."""
+
+    http_status = 422
+
+
 class IntegrityError(StratumError):
     """Stored bytes failed their checksum, or a write could not complete atomically."""
 
@@ -143,6 +154,24 @@ class PayloadTooLargeError(StratumError):
     http_status = 413
 
 
+class UrlTooLongError(StratumError):
+    """A request target (path and query) over the server's URL limit."""
+
+    http_status = 414
+
+
+class HeadersTooLargeError(StratumError):
+    """Request headers over the server's size or count limit."""
+
+    http_status = 431
+
+
+class RequestTimeoutError(StratumError):
+    """A client that did not finish sending its request's headers or body in time."""
+
+    http_status = 408
+
+
 class QueueError(StratumError):
     """The feedback/event queue could not accept or deliver a message."""
 
@@ -175,15 +204,18 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "DataError",
+    "HeadersTooLargeError",
     "IntegrityError",
     "InvalidNameError",
     "MethodNotAllowedError",
+    "NonFiniteOutputError",
     "NotFoundError",
     "NotReadyError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "QueueError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "ServingError",
     "SignatureError",
     "StratumError",
@@ -191,4 +223,5 @@ __all__ = [
     "UnknownModelError",
     "UnsupportedMediaTypeError",
     "UpstreamError",
+    "UrlTooLongError",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
@@ -9,12 +10,14 @@ import typer
 
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.online.learner import Learner, Update
+from stratum.security.access import warn_if_auth_off
 
 
 def describe_update(name: str, u: Update) -> str:
     d = u.decision
-    verdict = "[bold green]promoted[/]" if d.promote else "[yellow]kept as candidate[/]"
-    return (f"{name} v{u.version} (from v{u.parent}, {u.rows} new rows, {u.trigger}): "
+    verdict = "[bold green]promoted[/]" if d.promote else "[yellow]rejected[/]"
+    what = f"v{u.version}" if u.version is not None else f"run {u.run_id[:8]}"
+    return (f"{name} {what} (from v{u.parent}, {u.rows} new rows, {u.trigger}): "
             f"{verdict} — recent {d.challenger_recent:.3f} vs {d.champion_recent:.3f}, "
             f"holdout {d.challenger_holdout:.3f} vs {d.champion_holdout:.3f}")
 
@@ -38,6 +41,8 @@ def learn(
     """Consume feedback, fine-tune challengers and promote the ones that win the gate.
     Runs until Ctrl-C (or SIGTERM); every decision is an event (`stratum models history`)."""
     c = get_ctx(ctx)
+    warn_if_auth_off(logging.getLogger("stratum.online"), c.settings.gateway.require_auth,
+                     "the gateway port of a deployment")
 
     def report(u: Update) -> None:
         if as_json:

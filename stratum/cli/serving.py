@@ -18,7 +18,8 @@ from stratum.errors import ConfigError
 from stratum.security.keys import SCOPES, generate_key, hash_key
 
 _KEY_OPT = typer.Option(None, "--api-key", envvar="STRATUM_API_KEY",
-                        help="An admin-scoped key, when gateway.require_auth is on.")
+                        help="An admin-scoped key [the home's admin.token file, made on "
+                             "first use].")
 
 
 def _client(ctx: typer.Context, api_key: str | None) -> ControlClient:

@@ -4,18 +4,22 @@ ingest ``builtin:mnist`` → train the cnn with 2 ddp workers → promote it to
 ``production`` → deploy 2 replicas and the gateway (following ``production``) → start the
 online learner → print the URLs. ``--demo`` then streams digits with feedback, rotated
 after a while, and shows the loop adapting. Ctrl-C stops every process it started.
+
+Unlike a bare ``stratum deploy``, ``up`` turns ``gateway.require_auth`` on for everything it
+starts and makes a predict+feedback key in ``{home}/client.key`` (0600, reused by the next
+``up``); the curl lines it prints read the key from there.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import typer
 from rich.live import Live
@@ -25,9 +29,13 @@ from stratum.cli.context import CliContext, console, get_ctx
 from stratum.cli.data import ingest_cmd
 from stratum.cli.serving import _print, _wait
 from stratum.cli.train import train as train_cmd
+from stratum.config.child import start_python
 from stratum.control.client import ControlClient
 from stratum.errors import ConfigError, NotFoundError
 from stratum.online.demo import DemoTick, digits, stream
+from stratum.security.tokens import ensure_key_file
+
+CLIENT_KEY_FILE = "client.key"
 
 # Shipped inside the package (package data), so `stratum up` works from a plain install;
 # the repository's examples/ is a link to this folder.
@@ -45,12 +53,21 @@ def up(
     rotate_after: int = typer.Option(1000, "--rotate-after", help="Demo: rotate from here."),
     config: Path = typer.Option(_EXAMPLES / "mnist.yaml", "--train-config",
                                 help="Training config for the first version."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Leave gateway.require_auth off: "
+                                 "anyone who reaches the port may predict and post feedback "
+                                 "(every process then logs a warning)."),
 ) -> None:
     """Run the whole loop on embedded defaults; prints the URLs and a curl example."""
     c = get_ctx(ctx)
     name = "mnist"
+    if not no_auth:  # handed to every process started from here
+        c.settings = c.settings.model_copy(update={"gateway": c.settings.gateway.model_copy(
+            update={"require_auth": True})})
     _ensure_data(ctx, c, name)
     _ensure_model(ctx, c, name, config, workers)
+    key_file = c.settings.home.expanduser().resolve() / CLIENT_KEY_FILE
+    key = None if no_auth else ensure_key_file(key_file, c.store.meta, "stratum-up",
+                                               ["feedback", "predict"])
     client = ControlClient(c.settings)
     dep = client.deploy(model=f"{name}@production", replicas=replicas, port=port, follow=True)
     dep = _wait(client, dep, 300.0, quiet=False)
@@ -58,19 +75,14 @@ def up(
     learner = _start_learner(c, name)
     gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
         f"http://127.0.0.1:{port}"
-    example = _example_request(c, name)
-    console.print(
-        f"\n[bold]Stratum is up.[/]\n  predict   curl -s -H 'content-type: application/json' "
-        f"--data @{example} {gateway}/v1/models/{name}:predict -D - \n"
-        f"  feedback  curl -s -H 'content-type: application/json' "
-        f"{gateway}/v1/models/{name}/feedback "
-        "-d '{\"request_id\": \"<x-request-id>\", \"label\": 7}'\n"
-        f"  metrics   {gateway}/metrics\n  status    stratum status · stratum models history "
-        f"{name}\n  learner   log in {c.settings.home / 'logs' / 'learner.log'}\n")
+    if key is not None:
+        _check_auth_is_on(gateway, name)
+    _print_usage(c, name, gateway, key_file if key is not None else None)
     stop = threading.Event()
     try:
         if demo:
-            _demo(c, name, gateway, requests, rotate_after, stop)
+            _demo(c, name, gateway, requests, rotate_after, stop,
+                  {"authorization": f"Bearer {key}"} if key is not None else {})
             console.print("demo finished; serving until Ctrl-C")
         while learner.poll() is None:
             time.sleep(0.5)
@@ -117,9 +129,8 @@ def _start_learner(c: CliContext, name: str) -> subprocess.Popen[bytes]:
     logs = c.settings.home.expanduser().resolve() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "learner.log", "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "stratum.cli.main", "learn", name],
-            env={**os.environ, **c.settings.child_env()}, stdout=out,
+        return start_python(
+            "stratum.cli.main", ["learn", name], env=c.settings.child_env(), stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -157,8 +168,37 @@ def _example_request(c: CliContext, name: str) -> Path:
     return path
 
 
+def _print_usage(c: CliContext, name: str, gateway: str, key_file: Path | None) -> None:
+    example = _example_request(c, name)
+    auth = f"-H \"authorization: Bearer $(cat {key_file})\" " if key_file else ""
+    need = f" Requests need the key in {key_file}." if key_file else " Auth is OFF."
+    console.print(
+        f"\n[bold]Stratum is up.[/]{need}\n"
+        f"  predict   curl -s {auth}-H 'content-type: application/json' "
+        f"--data @{example} {gateway}/v1/models/{name}:predict -D - \n"
+        f"  feedback  curl -s {auth}-H 'content-type: application/json' "
+        f"{gateway}/v1/models/{name}/feedback "
+        "-d '{\"request_id\": \"<x-request-id>\", \"label\": 7}'\n"
+        f"  metrics   {gateway}/metrics\n  status    stratum status · stratum models history "
+        f"{name}\n  learner   log in {c.settings.home / 'logs' / 'learner.log'}\n",
+        soft_wrap=True)
+
+
+def _check_auth_is_on(gateway: str, name: str) -> None:
+    """Read back what `up` promises: an unauthenticated predict is refused. A control plane
+    started earlier by `stratum deploy` keeps its own settings, and so its open gateways."""
+    try:
+        status = httpx.post(f"{gateway}/v1/models/{name}:predict", json={}, timeout=10).status_code
+    except httpx.HTTPError:
+        return
+    if status != 401:
+        console.print(f"[bold yellow]warning:[/] {gateway} answered {status} without a key: "
+                      "the control plane already running has auth off; `stratum stop` and "
+                      "`stratum up` again to turn it on")
+
+
 def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
-          stop: threading.Event) -> None:
+          stop: threading.Event, headers: dict[str, str]) -> None:
     images, labels = digits(c.store, name, "train")
     meta = c.store.meta
     state: dict[str, Any] = {"tick": None}
@@ -185,7 +225,7 @@ def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
             live.update(table())
 
         result = stream(url, name, images, labels, requests=requests, rotate_after=rotate_after,
-                        should_stop=stop.is_set, on_tick=on_tick)
+                        headers=headers, should_stop=stop.is_set, on_tick=on_tick)
     for start, rot, acc in result.blocks:
         console.print(f"  requests {start:>5}-{start + 199:<5} {'rotated' if rot else 'upright'}"
                       f"  accuracy {acc:.3f}")

@@ -37,6 +37,48 @@ class TrainSettings(BaseModel):
     threads_per_worker: int | None = None
 
 
+class HttpLimits(BaseModel):
+    """What one HTTP server accepts from a client before it refuses or hangs up.
+
+    One model, one instance per server section (``gateway.http``, ``serve.http``,
+    ``control.http``): the three face different clients (anyone; only gateways; operators),
+    so each is tuned on its own, e.g. ``STRATUM_GATEWAY__HTTP__MAX_CONNECTIONS=8192``.
+    Body limits stay each section's ``max_body_bytes``.
+    """
+
+    max_url_bytes: int = Field(8 * 1024, ge=256, le=65_535)  # over it: 414
+    # Names, values and line ends of all header lines together; over it: 431.
+    max_header_bytes: int = Field(16 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)  # over it: 431
+    # From a request's first byte to the end of its headers, then to the end of its body;
+    # over either: 408 and a closed connection.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    # A connection with no request in flight (new, or between requests) is closed after
+    # this long.
+    keep_alive_s: float = Field(5.0, gt=0)
+    # Open connections per process. At the cap a new connection closes the longest-idle
+    # ones; when every connection is mid-request it gets a 503 and is closed.
+    max_connections: int = Field(1024, ge=8)
+
+
+# Each section's own defaults live on a subclass rather than in a default_factory, so that
+# setting one field (env or YAML) keeps the section's defaults for the others.
+class ReplicaHttpLimits(HttpLimits):
+    # Above the gateway's, so whatever a gateway accepts and forwards (with the few
+    # headers it adds) is never refused by the replica behind it.
+    max_header_bytes: int = Field(32 * 1024, ge=1024)
+    max_headers: int = Field(128, ge=8)
+
+
+class GatewayHttpLimits(HttpLimits):
+    max_connections: int = Field(4096, ge=8)  # the front door: many clients
+
+
+class ControlHttpLimits(HttpLimits):
+    max_connections: int = Field(256, ge=8)  # operators, the CLI and the dashboard
+
+
 class ServeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=0, le=65_535)
@@ -57,6 +99,7 @@ class ServeSettings(BaseModel):
     # every torch op while a busy event loop holds it; Python's 5 ms default can stall
     # each op that long.
     switch_interval_ms: float = Field(0.5, gt=0)
+    http: ReplicaHttpLimits = Field(default_factory=lambda: ReplicaHttpLimits())
 
 
 class GatewaySettings(BaseModel):
@@ -78,6 +121,7 @@ class GatewaySettings(BaseModel):
     # also the bound on how late a revocation takes effect.
     auth_cache_s: float = Field(5.0, ge=0)
     shadow_max_inflight: int = Field(64, ge=0)
+    http: GatewayHttpLimits = Field(default_factory=lambda: GatewayHttpLimits())
 
 
 class ControlSettings(BaseModel):
@@ -89,6 +133,9 @@ class ControlSettings(BaseModel):
     # A replica of a version never seen ready gets this many starts before the update fails.
     start_attempts: int = Field(2, ge=1)
     ready_timeout_s: float = Field(120.0, gt=0)
+    # Admin requests are small JSON documents.
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    http: ControlHttpLimits = Field(default_factory=lambda: ControlHttpLimits())
 
 
 class OnlineSettings(BaseModel):
@@ -113,6 +160,9 @@ class OnlineSettings(BaseModel):
     z_min: float = Field(1.645, ge=0)
     holdout_rows: int = Field(2_000, ge=10)
     promote_alias: str = "production"
+    # A rejected challenger stays a run record (metrics, decision); true also registers it
+    # as a version (alias `candidate`), the learner's behaviour before issue 12.
+    register_rejected: bool = False
     # Feedback stays leased (unacked) until the update that uses it is committed; a
     # learner killed mid-batch gets it back after this long.
     visibility_timeout_s: float = Field(120.0, gt=0)
@@ -122,6 +172,13 @@ class OnlineSettings(BaseModel):
     log_retention_s: float = Field(7 * 24 * 3600, gt=0)
     # Input columns (feature names) masked before a request is logged.
     log_pii_columns: list[str] = Field(default_factory=list)
+    # A file (relative to the home, or absolute) holding a key of 16+ bytes: masked values
+    # become HMAC-SHA256 digests, equal for equal values, so counts and joins still work.
+    # Unset: every masked value becomes "***".
+    log_pii_key_file: Path | None = None
+    # The log keeps at most this many rows (the newest; about 550 bytes each), pruned by
+    # its writers every tenth of it, besides log_retention_s. None: no bound but age.
+    log_max_rows: int | None = Field(1_000_000, ge=10)
     # Drift: rows per window, PSI above which a feature drifted, KS significance level
     # (Bonferroni-corrected over features), share of drifted features that raises an
     # alert, and the drop of feedback accuracy below the baseline that raises one.
@@ -159,7 +216,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:
         # Defaults hang off `home`, so one flag moves the whole embedded installation.
-        home = self.home.expanduser()
+        # Absolute from here on: children start in another folder (config/child.py).
+        home = self.home = self.home.expanduser().resolve()
         if self.metadata_url is None:
             self.metadata_url = f"sqlite:///{(home / 'stratum.db').resolve()}"
         if self.artifact_url is None:

@@ -14,9 +14,12 @@ import sys
 
 import uvicorn
 
+from stratum.asgi import limit_body
 from stratum.config import load_settings
 from stratum.control.discovery import read_record, record_path, write_record
 from stratum.errors import StratumError
+from stratum.httplimits import uvicorn_options
+from stratum.security.access import warn_if_auth_off
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s control %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe otherwise
+    warn_if_auth_off(logging.getLogger("stratum.control"), settings.gateway.require_auth,
+                     "the gateway port of a deployment")
     host = args.host or settings.control.host
     port = args.port if args.port is not None else settings.control.port
     other = read_record(settings)
@@ -43,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(limit_body(app, settings.control.max_body_bytes), host=host, port=port,
+                    log_level="warning", access_log=False,
+                    **uvicorn_options(settings.control.http))
     finally:
         rec = read_record(settings, check_alive=False)
         if rec is not None and rec.get("pid") == os.getpid():

@@ -2,14 +2,17 @@
 talk to), with the supervisor running in the same event loop.
 
 ``POST /deployments`` writes the wanted state; the supervisor converges to it. Every
-answer is JSON; a ``StratumError`` keeps its status and message. When
-``gateway.require_auth`` is on, every route but ``/health`` needs a key with the ``admin``
-scope.
+answer is JSON; a ``StratumError`` keeps its status and message. Every route but
+``/health`` needs a key with the ``admin`` scope, whatever ``gateway.require_auth`` says
+(that setting is about predict and feedback): the home's admin token (``{home}/admin.token``,
+made here on first start, which the CLI sends by default) or one from ``stratum keys
+create NAME --scope admin``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,8 +28,11 @@ from stratum.control.spec import build_spec, load_spec, rolled_back
 from stratum.control.supervisor import Supervisor
 from stratum.errors import ConflictError, NotFoundError, StratumError
 from stratum.security.access import KeyChecker, presented_key
+from stratum.security.tokens import ADMIN_TOKEN_FILE, ensure_admin_token
 from stratum.store import Store
 from stratum.store import models as m
+
+log = logging.getLogger(__name__)
 
 
 class DeployRequest(BaseModel):
@@ -54,6 +60,8 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
     meta = store.meta
     sup = Supervisor(settings, meta)
     keys = KeyChecker(meta, settings.gateway.auth_cache_s)
+    ensure_admin_token(settings.home, meta)
+    log.info("admin API: send the admin token in %s", settings.home / ADMIN_TOKEN_FILE)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,9 +76,8 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
             store.close()
 
     async def admin(request: Request) -> None:
-        if settings.gateway.require_auth:
-            headers = {k.encode(): v.encode() for k, v in request.headers.items()}
-            await keys.authorize(presented_key(headers), "admin")
+        headers = {k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
+        await keys.authorize(presented_key(headers), "admin")
 
     app = FastAPI(title="Stratum control plane", lifespan=lifespan)
     guarded = [Depends(admin)]

@@ -3,9 +3,7 @@ plane in the background when none is running."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import httpx
 
 from stratum.config import Settings
+from stratum.config.child import start_python
 from stratum.control.discovery import read_record
 from stratum.control.procs import free_port, port_free
 from stratum.errors import (
@@ -23,6 +22,9 @@ from stratum.errors import (
     ServingError,
     StratumError,
 )
+from stratum.security.home import private_home
+from stratum.security.tokens import ensure_admin_token
+from stratum.store import Store
 
 _BY_STATUS: dict[int, type[StratumError]] = {
     401: AuthError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
@@ -30,10 +32,23 @@ _BY_STATUS: dict[int, type[StratumError]] = {
 
 
 class ControlClient:
+    """``api_key``: an admin-scoped key; by default the home's admin token
+    (``{home}/admin.token``), made on first use as the control plane would make it."""
+
     def __init__(self, settings: Settings, api_key: str | None = None) -> None:
         self.settings = settings
-        self.headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._api_key = api_key
         self._url: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self._api_key is None:
+            store = Store.open(self.settings)
+            try:
+                self._api_key = ensure_admin_token(self.settings.home, store.meta)
+            finally:
+                store.close()
+        return {"authorization": f"Bearer {self._api_key}"}
 
     # -- finding or starting the control plane ----------------------------------------------
     def url(self, start: bool = True) -> str:
@@ -61,15 +76,15 @@ class ControlClient:
             time.sleep(0.1)
 
     def _start(self) -> str:
-        """Start ``python -m stratum.control`` detached (own session, log under home)."""
+        """Start ``python -P -m stratum.control`` detached (own session, log under home)."""
         cfg = self.settings.control
         port = cfg.port if port_free(cfg.host, cfg.port) else free_port(cfg.host)
-        home = self.settings.home.expanduser().resolve()
+        home = private_home(self.settings.home)  # the log below is the first file in it
         (home / "logs").mkdir(parents=True, exist_ok=True)
         with open(home / "logs" / "control.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stratum.control", "--host", cfg.host, "--port",
-                 str(port)], env={**os.environ, **self.settings.child_env()},
+            proc = start_python(
+                "stratum.control", ["--host", cfg.host, "--port", str(port)],
+                env=self.settings.child_env(),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         url = f"http://{cfg.host}:{port}"
@@ -86,8 +101,9 @@ class ControlClient:
 
     # -- calls --------------------------------------------------------------------------------
     def call(self, method: str, path: str, json: Any = None, start: bool = True) -> Any:
+        headers = self.headers
         try:
-            r = httpx.request(method, self.url(start) + path, json=json, headers=self.headers,
+            r = httpx.request(method, self.url(start) + path, json=json, headers=headers,
                               timeout=30.0)
         except httpx.HTTPError as exc:
             raise ServingError(f"the control plane did not answer: {exc}") from exc

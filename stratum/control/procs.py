@@ -11,12 +11,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from stratum.config.child import start_python
 
 
 class Process(Protocol):
@@ -85,13 +86,11 @@ def _is_zombie(pid: int) -> bool:
 
 
 def spawn(module: str, args: list[str], env: dict[str, str], log: Path) -> Proc:
-    """Start ``python -m module args`` with ``env`` on top of ours, output to ``log``."""
+    """Start ``python -P -m module args`` with ``env`` on top of ours, output to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        popen = subprocess.Popen(
-            [sys.executable, "-m", module, *args], env={**os.environ, **env},
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
+        popen = start_python(module, args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
     return Proc(popen.pid, popen, log)
 
 

@@ -32,24 +32,32 @@ class Event:
 
 @dataclass(frozen=True)
 class Start:
+    """Spawn replica ``id`` serving ``version``."""
+
     id: str
     version: int
 
 
 @dataclass(frozen=True)
 class Stop:
+    """Take ``replica`` out of service."""
+
     replica: Replica
     drain: bool  # ask it to finish what it has first; pointless for one that never served
 
 
 @dataclass(frozen=True)
 class Swap:
+    """Hot-swap a running ``replica`` to ``version`` (a followed alias moved)."""
+
     replica: Replica
     version: int
 
 
 @dataclass(frozen=True)
 class GiveUp:
+    """Stop trying ``version``: it never started within the allowed attempts."""
+
     version: int
     fallback: DeploymentSpec | None  # the wanted state to revert to; None: stop trying
     event: Event
@@ -223,8 +231,10 @@ class Reconciler:
                 starts.append(Start(f"{st.name}-v{version}-{st.seq}", version))
         return starts
 
-    def started(self, st: DeploymentState, start: Start, port: int, pid: int) -> Event:
-        st.replicas[start.id] = Replica(start.id, start.version, port, pid, self.clock())
+    def started(self, st: DeploymentState, start: Start, port: int, pid: int,
+                secret: str = "") -> Event:
+        st.replicas[start.id] = Replica(start.id, start.version, port, pid, self.clock(),
+                                        secret=secret)
         return Event("replica.started", {"replica": start.id, "version": start.version,
                                          "pid": pid, "port": port})
 

@@ -11,6 +11,8 @@ import logging
 
 import httpx
 
+from stratum.security.tokens import REPLICA_SECRET_HEADER
+
 log = logging.getLogger(__name__)
 
 
@@ -26,18 +28,20 @@ class Remote:
         except httpx.HTTPError:
             return False
 
-    async def swap(self, replica_url: str, version: int, timeout: float) -> tuple[bool, str]:
+    async def swap(self, replica_url: str, secret: str, version: int,
+                   timeout: float) -> tuple[bool, str]:
         """``(swapped, detail)``: load ``version`` beside the current one, switch when warm."""
         try:
             resp = await self.http.post(replica_url + "/admin/swap", json={"ref": str(version)},
-                                        timeout=timeout)
+                                        headers=_secret(secret), timeout=timeout)
         except httpx.HTTPError as exc:
             return False, f"{type(exc).__name__}: {exc}"
         return resp.status_code == 200, resp.text[-600:]
 
-    async def drain(self, replica_url: str, timeout: float) -> None:
+    async def drain(self, replica_url: str, secret: str, timeout: float) -> None:
         try:
-            await self.http.post(replica_url + "/admin/drain", timeout=timeout)
+            await self.http.post(replica_url + "/admin/drain", headers=_secret(secret),
+                                 timeout=timeout)
         except httpx.HTTPError:
             pass  # it is stopped next anyway
 
@@ -56,3 +60,8 @@ class Remote:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _secret(secret: str) -> dict[str, str]:
+    """The header that lets us past a replica's check (see ``serve.app``)."""
+    return {REPLICA_SECRET_HEADER: secret} if secret else {}

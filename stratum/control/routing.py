@@ -21,6 +21,7 @@ class ReplicaLike(Protocol):
     version: int
     state: str
     started: float
+    secret: str
 
     @property
     def url(self) -> str: ...
@@ -67,7 +68,8 @@ def compute_routes(
     if shadow is not None:
         traffic.append({"version": shadow.version, "weight": 0, "shadow": True,
                         "replicas": len(shadow.replicas)})
-    return RoutesSpec(deployments=pools, policy=spec.policy), traffic, serving
+    secrets = {r.url: r.secret for r in ready if r.id in serving and r.secret}
+    return RoutesSpec(deployments=pools, policy=spec.policy, secrets=secrets), traffic, serving
 
 
 def to_retire(spec: DeploymentSpec, replicas: Iterable[ReplicaLike], serving: set[str],

@@ -23,6 +23,7 @@ class Replica:
     state: str = "starting"  # starting → ready → draining; gone once the process exits
     swapping: int | None = None  # the version a hot swap is loading, while it does
     healthy: bool = False
+    secret: str = field(default="", repr=False)  # its generation's, given at start
 
     @property
     def url(self) -> str:
@@ -49,6 +50,9 @@ class DeploymentState:
     last_error: dict[str, Any] | None = None
     last_observed: dict[str, Any] | None = None
     seq: int = 0
+    # The secret replicas started for the current generation get; a new generation gets a
+    # new one, so a redeploy rotates it (never reported in ``observed``).
+    secret: str = field(default="", repr=False)
 
     @property
     def finished(self) -> bool:

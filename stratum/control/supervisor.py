@@ -36,6 +36,7 @@ from stratum.control.remote import Remote
 from stratum.control.routing import compute_routes
 from stratum.control.spec import DeploymentSpec, load_spec
 from stratum.control.state import DeploymentState, Replica, observed, settling
+from stratum.security.tokens import REPLICA_SECRET_ENV, replica_secret
 from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Supervisor:
         self.token = secrets.token_urlsafe(24)  # lets us reach the gateways' /admin/*
         self.remote = Remote(http or httpx.AsyncClient(timeout=2.0), self.token)
         self._spawn, self._free_port = spawn, free_port
-        self._env = {**settings.child_env(), "STRATUM_GATEWAY_TOKEN": self.token}
+        self._env = settings.child_env()  # replicas get their secret, gateways the token
         self._logs = settings.home.expanduser().resolve() / "logs"
         self._tasks: set[asyncio.Task[None]] = set()  # swaps, stops, events under way
         self._errors: dict[str, str] = {}  # deployment → the failure last reported
@@ -96,6 +97,7 @@ class Supervisor:
             if st is None:
                 st = self.states[name] = DeploymentState(name)
             self.rec.wanted(st, spec, row.generation)
+            st.secret = replica_secret()  # each generation's replicas get their own
         for name, st in list(self.states.items()):
             if name not in rows:
                 st.spec = None
@@ -221,15 +223,17 @@ class Supervisor:
     def _start_missing(self, st: DeploymentState, spec: DeploymentSpec) -> None:
         for start in self.rec.to_start(st, spec):
             port = self._free_port()
+            # The secret goes in the environment: argv is visible to every user in `ps`.
             proc = self._spawn("stratum.serve", [
                 "--model", f"{spec.model}@{start.version}", "--port", str(port),
-                "--name", st.name], self._env, self._logs / st.name / f"{start.id}.log")
+                "--name", st.name], {**self._env, REPLICA_SECRET_ENV: st.secret},
+                self._logs / st.name / f"{start.id}.log")
             self.procs[start.id] = proc
-            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid))
+            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid, st.secret))
 
     async def _swap(self, st: DeploymentState, r: Replica, version: int) -> None:
         t0 = time.monotonic()
-        ok, detail = await self.remote.swap(r.url, version, self.cfg.ready_timeout_s)
+        ok, detail = await self.remote.swap(r.url, r.secret, version, self.cfg.ready_timeout_s)
         await self._record(st.name, self.rec.swap_done(st, r, version, ok, detail,
                                                        time.monotonic() - t0))
         self.wake.set()
@@ -241,7 +245,8 @@ class Supervisor:
         elif action == "start":
             gw = self._spawn("stratum.gateway", ["--host", self.settings.gateway.host,
                                                  "--port", str(spec.port), "--name", st.name],
-                             self._env, self._logs / st.name / "gateway.log")
+                             {**self._env, "STRATUM_GATEWAY_TOKEN": self.token},
+                             self._logs / st.name / "gateway.log")
             self.gateways[st.name] = gw
             self._record_soon(st.name, self.rec.gateway_started(st, spec.port, gw.pid))
 
@@ -258,7 +263,7 @@ class Supervisor:
     async def _terminate(self, r: Replica, proc: Process, drain: bool) -> None:
         grace = self.settings.serve.drain_timeout_s
         if drain:
-            await self.remote.drain(r.url, grace)
+            await self.remote.drain(r.url, r.secret, grace)
         await procs.stop([proc], grace + 5)
 
     # -- the store -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ expected — never an exception that would turn into a 5xx.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -70,10 +70,13 @@ class Signature:
         if arr.dtype.kind not in "fiu":
             raise SignatureError(f"{what} has dtype {arr.dtype}; the model takes numbers")
         if self.pipeline is not None:
-            return self._preprocess(lambda p: p.transform_matrix(arr), what)
+            out = self._preprocess(lambda p: p.transform_matrix(arr), what)
+            return self._require_finite(out, what, lambda: self._named_columns(arr))
         if sample != self.input_shape:
             arr = arr.reshape((len(arr), *self.input_shape))
-        return arr.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+            out = arr.astype(np.float32, copy=False)
+        return self._require_finite(out, what, None)
 
     def from_instances(self, instances: Any) -> np.ndarray:
         """The plain route's ``instances``: a list of samples (nested numbers), or of
@@ -110,15 +113,44 @@ class Signature:
         if len(lengths) != 1:
             raise SignatureError(f"features have different numbers of rows: {sorted(lengths)}")
         if self.pipeline is not None:
-            return self._preprocess(lambda p: p.transform(columns), "features")
+            out = self._preprocess(lambda p: p.transform(columns), "features")
+            return self._require_finite(out, "features", lambda: columns)
         matrix = np.column_stack([to_numeric(columns[f], f"feature {f!r}")
                                   for f in self.feature_names])
         return self.from_array(matrix, "features")
 
     # -- helpers --------------------------------------------------------------------------
+    def _require_finite(self, batch: np.ndarray, what: str,
+                        raw: Callable[[], Mapping[str, Any] | None] | None) -> np.ndarray:
+        """Refuse NaN, infinity and numbers past FP32's range (the cast makes them
+        infinite): a model fed them answers NaN. Checked on the model-ready batch, so a
+        missing value the pipeline imputes is still fine; one pass per request, and the
+        rows and features are worked out only when it fails."""
+        if np.isfinite(batch).all():
+            return batch
+        rows = non_finite_rows(batch)
+        features: list[str] = []
+        columns = raw() if raw is not None else None
+        if columns is not None:
+            features = [f for f, col in columns.items() if _out_of_range(col)]
+        elif self.feature_names is not None and batch.shape[1:] == (len(self.feature_names),):
+            bad = ~np.isfinite(batch).all(axis=0)
+            features = [self.feature_names[j] for j in np.flatnonzero(bad)]
+        where = f"instance(s) {few(rows)}" + (f", feature(s) {features}" if features else "")
+        raise SignatureError(
+            f"{what}: {where} hold NaN, infinity or a number beyond the FP32 range "
+            f"(±{float(np.finfo(np.float32).max):.3g})",
+            hint="send finite numbers within the range the model was trained on")
+
+    def _named_columns(self, arr: np.ndarray) -> Mapping[str, Any] | None:
+        if self.feature_names is None or arr.ndim != 2 or arr.shape[1] != len(self.feature_names):
+            return None
+        return {f: arr[:, j] for j, f in enumerate(self.feature_names)}
+
     def _preprocess(self, fn: Any, what: str) -> np.ndarray:
         try:
-            out = np.asarray(fn(self.pipeline), dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):  # refused by _require_finite
+                out = np.asarray(fn(self.pipeline), dtype=np.float32)
         except StratumError:
             raise
         except (ValueError, TypeError, KeyError, IndexError) as exc:
@@ -136,6 +168,26 @@ class Signature:
         shown = ", ".join(self.feature_names[:20])
         more = "" if len(self.feature_names) <= 20 else f", … ({len(self.feature_names)} in all)"
         return f" (features in order: {shown}{more})"
+
+
+def non_finite_rows(batch: np.ndarray) -> list[int]:
+    """The rows of ``batch`` (inputs or a model's outputs) holding NaN or infinity."""
+    return np.flatnonzero(~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)).tolist()
+
+
+def few(items: list[int], limit: int = 10) -> str:
+    """A list for a message: the first ``limit`` items and how many more."""
+    return str(items) if len(items) <= limit else f"{items[:limit]} and {len(items) - limit} more"
+
+
+def _out_of_range(col: Any) -> bool:
+    """Does a raw column hold an infinity or a number FP32 cannot hold? (Failure path only;
+    NaN is left out because a pipeline imputes it.)"""
+    try:
+        x = np.asarray(col, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False  # categorical: the pipeline one-hots it, never non-finite
+    return bool((np.abs(x[~np.isnan(x)]) > np.finfo(np.float32).max).any())
 
 
 def to_numeric(data: Any, what: str) -> np.ndarray:

@@ -4,8 +4,11 @@ Static mode (``--replica``, as the benches use it) routes every model name to th
 replicas. Otherwise the table starts from the deployment's last observed routes in the
 store (so a restarted gateway serves at once) and the supervisor PUTs ``/admin/routes``
 whenever the replica set or the traffic split changes. Settings come from
-``STRATUM_SETTINGS_JSON``; ``STRATUM_GATEWAY_TOKEN`` (set by the supervisor) lets the
-supervisor reach ``/admin/*`` when API keys are required.
+``STRATUM_SETTINGS_JSON``. ``/admin/*`` always needs a credential: the token in
+``STRATUM_GATEWAY_TOKEN`` (the supervisor sets it) or, where the gateway has the metadata
+store (``--name``, or ``gateway.require_auth``), an admin-scoped key.
+``STRATUM_REPLICA_SECRET`` is the secret the static ``--replica`` replicas were started with
+(the supervisor's routes carry one per replica instead).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from stratum.errors import StratumError
 from stratum.gateway.app import Gateway
 from stratum.gateway.server import GatewayServer
 from stratum.gateway.traffic import RoutesSpec, static_routes
+from stratum.httplimits import uvicorn_options
+from stratum.security.access import warn_if_auth_off
 from stratum.store.metadata import MetadataStore
 
 
@@ -38,25 +43,29 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings()
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s gateway %(levelname)s %(message)s")
+    host = args.host or settings.gateway.host
+    port = args.port if args.port is not None else settings.gateway.port
+    warn_if_auth_off(logging.getLogger("stratum.gateway"), settings.gateway.require_auth,
+                     f"port {port}")
     meta = None
     if settings.gateway.require_auth or (args.name and not args.replica):
         assert settings.metadata_url
         meta = MetadataStore.open(settings.metadata_url)
-    routes = static_routes(args.replica)
-    if not args.replica and args.name and meta is not None:
-        routes = _observed_routes(meta, args.name)
     try:
+        routes = static_routes(args.replica, os.environ.get("STRATUM_REPLICA_SECRET"))
+        if not args.replica and args.name and meta is not None:
+            routes = _observed_routes(meta, args.name)
         app = Gateway(settings, routes, meta=meta, name=args.name,
                       admin_token=os.environ.get("STRATUM_GATEWAY_TOKEN"))
+    except ValueError as exc:  # pydantic's: a malformed STRATUM_REPLICA_SECRET
+        raise SystemExit(f"gateway: STRATUM_REPLICA_SECRET is not usable: {exc}") from exc
     except StratumError as exc:
         raise SystemExit(f"gateway: {exc}") from exc
-    host = args.host or settings.gateway.host
-    port = args.port if args.port is not None else settings.gateway.port
     if args.uvicorn:
-        uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools",
+        uvicorn.run(app, host=host, port=port, loop="uvloop",
                     log_level="warning", access_log=False, server_header=False,
                     date_header=False, proxy_headers=False, lifespan="on", backlog=4096,
-                    timeout_keep_alive=30)
+                    **uvicorn_options(settings.gateway.http))  # httptools, gateway.http
         return
     try:
         uvloop.run(GatewayServer(app, host, port).serve())

@@ -27,6 +27,7 @@ import orjson
 from stratum.asgi import read_body
 from stratum.config import Settings
 from stratum.errors import (
+    AuthError,
     NotFoundError,
     ServingError,
     StratumError,
@@ -54,7 +55,10 @@ from stratum.store.metadata import MetadataStore
 
 log = logging.getLogger(__name__)
 
-_FORWARD = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent"))
+# What a replica needs of the client's headers; Inference-Header-Content-Length splits the
+# Triton client's binary tensor bodies (the replica answers 400 without it).
+_FORWARD = frozenset((b"content-type", b"accept", b"x-request-id", b"traceparent",
+                      b"inference-header-content-length"))
 # Request ids: a random per-process prefix and a counter — unique, and cheaper than uuid4.
 _ID_PREFIX = os.urandom(6).hex()
 _ids = itertools.count()
@@ -76,10 +80,11 @@ class Gateway:
         self.metrics = GatewayMetrics()
         if g.require_auth and meta is None:
             raise ServingError("gateway.require_auth is on but no metadata store was given")
-        self.keys = KeyChecker(meta, g.auth_cache_s) if g.require_auth and meta else None
+        # Keys are checked whenever there is a store: /admin/* always needs a credential.
+        self.keys = KeyChecker(meta, g.auth_cache_s) if meta is not None else None
         self.limiter = (RateLimiter(g.rate_limit_per_s, g.rate_limit_burst)
                         if g.rate_limit_per_s else None)
-        self.admin_token = admin_token
+        self._admin_token = admin_token.encode() if admin_token else None
         self._hash_header = g.hash_header.lower().encode()
         self._forward = _FORWARD | {self._hash_header}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -158,6 +163,9 @@ class Gateway:
         await self._admit(call)
         if local is not None:
             return await local(call)
+        if path.startswith("/admin/"):  # never forwarded: a replica's are the supervisor's
+            raise NotFoundError(f"no route {path}", hint="the gateway's admin routes are "
+                                "/admin/routes and /admin/info")
         body = await read_call_body(call, self.cfg.max_body_bytes)
         model = model_of(path)
         table = self.table
@@ -178,16 +186,24 @@ class Gateway:
         return resp.status, resp.headers, resp.body
 
     async def _admit(self, call: Call) -> None:
-        """Authentication, scope and rate limit; raises 401/403/429."""
+        """Authentication, scope and rate limit; raises 401/403/429. ``/admin/*`` always
+        needs the supervisor's token or an admin key; the rest needs a key only when
+        ``gateway.require_auth`` is on."""
         who: str
         headers = call.headers
-        token = headers.get(b"x-stratum-admin-token")
-        if (self.admin_token and token is not None and call.path.startswith("/admin/")
-                and hmac.compare_digest(token, self.admin_token.encode())):
-            return  # the supervisor that started this gateway
-        if self.keys is not None:
-            scope_name = scope_for(call.path) or "predict"
-            who = await self.keys.authorize(presented_key(headers), scope_name)
+        if call.path.startswith("/admin/"):
+            token = headers.get(b"x-stratum-admin-token")
+            if self._admin_token and token and hmac.compare_digest(token, self._admin_token):
+                return  # the supervisor that started this gateway
+            if self.keys is None:
+                raise AuthError("the admin routes need the supervisor's token",
+                                hint="this gateway has no metadata store to check admin "
+                                     "keys; set STRATUM_GATEWAY_TOKEN when starting it")
+            await self.keys.authorize(presented_key(headers), "admin")
+            return
+        if self.keys is not None and self.cfg.require_auth:
+            who = await self.keys.authorize(presented_key(headers),
+                                            scope_for(call.path) or "predict")
         else:
             who = call.client or "anonymous"
         if self.limiter is not None:

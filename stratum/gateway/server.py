@@ -10,12 +10,19 @@ limit, and the response goes out in one write. The gateway stays an ASGI app too
 Keep-alive, pipelined requests (answered in order) and chunked request bodies are
 supported; ``Expect: 100-continue`` is answered. SIGTERM stops accepting, lets requests in
 flight finish (up to ``grace`` seconds) and closes idle connections.
+
+``gateway.http`` (``stratum.httplimits``) bounds what a client may send: URL, header bytes
+and count are counted in the parser callbacks and refused (414, 431) before more is
+buffered; header and body read timeouts (408) and the keep-alive idle time are checked by
+a per-process sweep of the connections' states; at the connection cap the longest-idle
+connections are closed. A request pays a few counters and comparisons, no timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from collections import deque
 from http import HTTPStatus
@@ -23,16 +30,16 @@ from urllib.parse import unquote
 
 import httptools
 
-from stratum.errors import PayloadTooLargeError
+from stratum.errors import PayloadTooLargeError, StratumError
 from stratum.gateway.app import Gateway
 from stratum.gateway.call import Call
+from stratum.httplimits import BODY, HEAD, IDLE, Refused, Watch, head_overflows, refusal
 
 log = logging.getLogger(__name__)
 
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-_BAD_REQUEST = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-                b"content-length: 58\r\nconnection: close\r\n\r\n"
-                b'{"error":"BadRequest","message":"malformed HTTP request"}\n')
+_ERROR = b'{"error":"InternalError","message":"gateway error"}'
+_INTERNAL = refusal(StratumError("gateway error", hint="see the gateway's log"))
 
 
 class _Request:
@@ -53,6 +60,12 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.gateway = server.gateway
         self.limit = server.gateway.cfg.max_body_bytes
+        self.watch = watch = server.watch
+        self.refusals = watch.refusals
+        # The limits, copied here so each check is one attribute load.
+        self.max_url = watch.limits.max_url_bytes
+        self.max_header_bytes = watch.limits.max_header_bytes
+        self.max_headers = watch.limits.max_headers
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: str | None = None
@@ -60,43 +73,75 @@ class _Connection(asyncio.Protocol):
         self.queue: deque[_Request] = deque()
         self.busy = False
         self.closing = False
+        # What Watch reads (see Guarded) and the header counters.
+        self.state = IDLE
+        self.requests = self.fed = self.head_of = self.header_bytes = self.headers_seen = 0
+        self.seen: tuple[int, int, bool] | None = None
+        self.since = math.inf
+        self.owed: bytes | None = None  # a refusal to send once the answers in flight are out
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        self.transport = t = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        if not self.watch.admit(self):
+            t.write(self.refusals.full)  # type: ignore[attr-defined]
+            t.close()
+            self.closing = True
+            return
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else None
-        self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.server.connections.discard(self)
+        self.watch.conns.discard(self)
         self.closing = True
 
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail()
+            self._refuse(self.refusals.bad_request)
         except httptools.HttpParserError:
-            self._fail()
+            self._refuse(self.owed or self.refusals.bad_request)
+        else:
+            if self.state == HEAD and head_overflows(self, len(data), self.watch.limits):
+                self._refuse(self.refusals.header_bytes)
 
-    def _fail(self) -> None:
+    def _refuse(self, response: bytes) -> None:
+        """Answer ``response`` and close; after the answers in flight, if there are any."""
+        if self.busy:  # _serve sends it once the answers it owes are out
+            self.owed = response
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
         if self.transport is not None and not self.closing:
-            self.transport.write(_BAD_REQUEST)
+            self.transport.write(response)
             self.transport.close()
         self.closing = True
 
     # -- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.current = _Request()
+        self.state = HEAD
+        self.requests += 1
+        self.header_bytes = self.headers_seen = 0
 
     def on_url(self, url: bytes) -> None:
-        self.current.url += url
+        req = self.current
+        req.url += url
+        if len(req.url) > self.max_url:
+            self.owed = self.refusals.url
+            raise Refused
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers_seen += 1
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.max_header_bytes or self.headers_seen > self.max_headers:
+            self.owed = self.refusals.headers(self.header_bytes)
+            raise Refused
         self.current.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        self.state = BODY
         req = self.current
         req.method = self.parser.get_method().decode("ascii", "replace")
         req.keep_alive = self.parser.should_keep_alive()
@@ -107,11 +152,12 @@ class _Connection(asyncio.Protocol):
         req = self.current
         req.size += len(body)
         if req.size > self.limit:
-            req.too_large, req.body = True, []  # answer 413, then close: the rest is unread
+            req.too_large, req.body = True, []  # answer 413, then close: the rest is dropped
         else:
             req.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.state = IDLE  # and busy: no timeout runs while the answer is owed
         self.queue.append(self.current)
         if len(self.queue) > 16 and self.transport is not None:
             self.transport.pause_reading()  # a client pipelining far ahead waits
@@ -127,13 +173,25 @@ class _Connection(asyncio.Protocol):
             while self.queue and not self.closing:
                 req = self.queue.popleft()
                 await self._answer(req)
-                if self.transport is not None and len(self.queue) <= 16:
+                if self.transport is not None and len(self.queue) <= 16 and not self.owed:
                     self.transport.resume_reading()
+        except Exception:  # a bug must not leave the connection hanging
+            log.exception("gateway connection failed")
+            self.owed = self.owed or _INTERNAL
         finally:
             self.busy = False
+            if self.owed is not None:
+                self._refuse(self.owed)
 
     async def _answer(self, req: _Request) -> None:
-        parsed = httptools.parse_url(req.url)
+        try:
+            parsed = httptools.parse_url(req.url)
+        except httptools.HttpParserInvalidURLError:  # one llhttp let through
+            if self.transport is not None:
+                self.transport.write(self.refusals.bad_request)
+                self.transport.close()
+            self.closing = True
+            return
         raw_path = parsed.path.decode("latin-1")
         path = unquote(raw_path) if "%" in raw_path else raw_path
 
@@ -149,8 +207,7 @@ class _Connection(asyncio.Protocol):
             status, headers, body = await self.gateway.handle(call)
         except Exception:  # a bug must not kill the connection silently
             log.exception("gateway failed on %s %s", req.method, path)
-            status, headers, body = 500, [(b"content-type", b"application/json")], \
-                b'{"error":"InternalError","message":"gateway error"}'
+            status, headers, body = 500, [(b"content-type", b"application/json")], _ERROR
         keep = req.keep_alive and not req.too_large and not self.server.stopping
         head = [_STATUS.get(status) or f"HTTP/1.1 {status} Unknown\r\n".encode()]
         for k, v in headers:
@@ -168,6 +225,25 @@ class _Connection(asyncio.Protocol):
             transport.close()
             self.closing = True
 
+    # -- what Watch asks ---------------------------------------------------------------------
+    def answering(self) -> bool:
+        return self.busy
+
+    def expire(self) -> None:
+        if self.closing:
+            self.hang_up()
+        elif self.state == IDLE:
+            if self.transport is not None:
+                self.transport.close()
+            self.closing = True
+        else:
+            self._refuse(self.refusals.timeouts[self.state])
+
+    def hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closing = True
+
     def close_if_idle(self) -> None:
         if not self.busy and self.transport is not None:
             self.transport.close()
@@ -179,7 +255,7 @@ class GatewayServer:
     def __init__(self, gateway: Gateway, host: str, port: int, grace: float = 30.0) -> None:
         self.gateway = gateway
         self.host, self.port, self.grace = host, port, grace
-        self.connections: set[_Connection] = set()
+        self.watch = Watch(gateway.cfg.http)
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
 
@@ -197,12 +273,12 @@ class GatewayServer:
         finally:
             self.stopping = True
             server.close()
-            for conn in list(self.connections):
-                conn.close_if_idle()
+            self.watch.stop()
+            for conn in list(self.watch.conns):
+                conn.close_if_idle()  # type: ignore[attr-defined]
             deadline = loop.time() + self.grace
             while self.tasks and loop.time() < deadline:
                 await asyncio.sleep(0.05)
-            for conn in list(self.connections):
-                if conn.transport is not None:
-                    conn.transport.close()
+            for conn in list(self.watch.conns):
+                conn.hang_up()
             await self.gateway.stop_background()

@@ -3,7 +3,8 @@ optional shadow group that receives a fire-and-forget copy of the traffic.
 
 The table is replaced whole and atomically (one attribute assignment) when the supervisor
 PUTs ``/admin/routes``; replicas are kept by URL across tables, so a route update keeps
-their warm connections and health state.
+their warm connections and health state. The table also carries each replica's deployment
+secret (sent to it on every request); what the gateway shows of the table never does.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
 import orjson
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from stratum.gateway.balancer import POLICIES, Balancer, make_balancer
 from stratum.gateway.upstream import Upstream
+from stratum.security.tokens import REPLICA_SECRET_PATTERN
 
 WILDCARD = "*"  # a pool that serves any model name (static `--replica` mode)
+Secret = Annotated[str, StringConstraints(pattern=REPLICA_SECRET_PATTERN)]
 
 
 class GroupSpec(BaseModel):
@@ -45,6 +49,8 @@ class RoutesSpec(BaseModel):
 
     deployments: dict[str, PoolSpec] = Field(default_factory=dict)
     policy: str | None = None  # None: the gateway's configured policy
+    # Replica URL → the secret of the deployment generation that started it.
+    secrets: dict[str, Secret] = Field(default_factory=dict)
 
     @field_validator("policy")
     @classmethod
@@ -54,8 +60,16 @@ class RoutesSpec(BaseModel):
         return v
 
     def etag(self) -> str:
+        """A digest of the whole table, secrets included, so that a rotated secret is
+        pushed; 64 bits of a SHA-256 give nothing of a 256-bit secret away."""
         raw = orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(raw).hexdigest()[:16]
+
+    def redacted(self) -> dict[str, object]:
+        """The table as JSON with each secret replaced by ``"***"``: what may be shown."""
+        doc = self.model_dump(mode="json")
+        doc["secrets"] = dict.fromkeys(self.secrets, "***")
+        return doc
 
 
 @dataclass(eq=False)
@@ -111,23 +125,26 @@ class RouteTable:
         self.pools: dict[str, Pool] = {}
         self.upstreams: dict[str, Upstream] = {}
         for name, ps in spec.deployments.items():
-            groups = [self._group(g.version, g.weight, g.replicas, known) for g in ps.groups]
+            groups = [self._group(g.version, g.weight, g.replicas, known, spec.secrets)
+                      for g in ps.groups]
             cum, total = [], 0.0
             for g in groups:
                 total += g.weight
                 cum.append(total)
-            shadow = (self._group(ps.shadow.version, 0, ps.shadow.replicas, known)
-                      if ps.shadow else None)
+            shadow = (self._group(ps.shadow.version, 0, ps.shadow.replicas, known,
+                                  spec.secrets) if ps.shadow else None)
             self.pools[name] = Pool(name, groups, shadow,
                                     ps.shadow.percent if ps.shadow else 0.0, cum)
         self.wildcard = self.pools.get(WILDCARD)
 
     def _group(self, version: int | None, weight: float, urls: Iterable[str],
-               known: dict[str, Upstream]) -> Group:
+               known: dict[str, Upstream], secrets: Mapping[str, str]) -> Group:
         ups = []
         for url in urls:
             up = Upstream(url)  # normalises the URL
             up = known.get(up.url) or self.upstreams.get(up.url) or up
+            # A port can come back as another replica (a restart, a new generation).
+            up.set_secret(secrets.get(url))
             self.upstreams[up.url] = up
             ups.append(up)
         return Group(version, weight, ups, make_balancer(self.policy))
@@ -139,7 +156,7 @@ class RouteTable:
         return {
             "etag": self.etag,
             "policy": self.policy,
-            "routes": self.spec.model_dump(mode="json"),
+            "routes": self.spec.redacted(),
             "replicas": {
                 u.url: {"healthy": u.healthy, "outstanding": u.outstanding,
                         "requests": u.requests, "errors": u.errors}
@@ -148,8 +165,10 @@ class RouteTable:
         }
 
 
-def static_routes(replicas: Sequence[str]) -> RoutesSpec:
-    """The table of ``python -m stratum.gateway --replica URL ...``: one wildcard pool."""
+def static_routes(replicas: Sequence[str], secret: str | None = None) -> RoutesSpec:
+    """The table of ``python -m stratum.gateway --replica URL ...``: one wildcard pool,
+    every replica sharing ``secret`` when one is given."""
     if not replicas:
         return RoutesSpec()
-    return RoutesSpec(deployments={WILDCARD: PoolSpec(groups=[GroupSpec(replicas=list(replicas))])})
+    return RoutesSpec(deployments={WILDCARD: PoolSpec(groups=[GroupSpec(replicas=list(replicas))])},
+                      secrets=dict.fromkeys(replicas, secret) if secret else {})

@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from stratum.errors import ConfigError, UpstreamError
+from stratum.security.tokens import REPLICA_SECRET_HEADER
 
 _HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
                   b"date", b"server"))
 _MAX_IDLE = 256
+# The deployment secret a replica checks on every route but health (serve.app); the
+# supervisor hands it to both sides, and the gateway never forwards a client's own.
+_SECRET_HEADER = REPLICA_SECRET_HEADER.encode()
 
 
 @dataclass(slots=True)
@@ -40,7 +44,7 @@ class Upstream:
     errors: int = 0
     _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(
         default_factory=list, repr=False)
-    _host_header: bytes = field(init=False, repr=False)
+    _fixed: bytes = field(init=False, repr=False)  # header lines every request carries
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -48,7 +52,13 @@ class Upstream:
             raise ConfigError(f"replica URL {self.url!r} must look like http://HOST:PORT")
         self.url = f"http://{parts.hostname}:{parts.port}"
         self.host, self.port = parts.hostname, parts.port
-        self._host_header = f"{self.host}:{self.port}".encode()
+        self.set_secret(None)
+
+    def set_secret(self, secret: str | None) -> None:
+        """Send ``secret`` to this replica from now on (None: send none)."""
+        self._fixed = f"host: {self.host}:{self.port}".encode()
+        if secret:
+            self._fixed += b"\r\n" + _SECRET_HEADER + b": " + secret.encode("latin-1")
 
     async def request(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes,
@@ -60,7 +70,7 @@ class Upstream:
         first response byte; that one case is retried once on a fresh connection, since
         the replica never saw the request.
         """
-        head = _encode_head(method, target, self._host_header, headers, len(body))
+        head = _encode_head(method, target, self._fixed, headers, len(body))
         try:
             async with asyncio.timeout(timeout):
                 while self._idle:
@@ -122,9 +132,9 @@ class _StaleConnection(Exception):
     pass
 
 
-def _encode_head(method: str, target: str, host: bytes, headers: list[tuple[bytes, bytes]],
+def _encode_head(method: str, target: str, fixed: bytes, headers: list[tuple[bytes, bytes]],
                  length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + host]
+    lines = [f"{method} {target} HTTP/1.1".encode(), fixed]
     for k, v in headers:
         lines.append(k + b": " + v)
     lines.append(b"content-length: " + str(length).encode())

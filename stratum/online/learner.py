@@ -7,10 +7,11 @@ One loop (``Learner.run``, or ``step`` at a time):
 2. once ``update_every`` new rows arrived (or the oldest waited ``max_wait_s``, or drift
    fired), fine-tune a challenger from the ``production`` champion on the recent window
    plus a replay sample of the training data;
-3. score both on the held-out test split and on the recent rows kept out of fine-tuning;
-   register the challenger with lineage (parent version, feedback range) and let the gate
-   decide; on a win move ``production`` to it (the supervisor of a deployment that
-   follows the alias rolls the replicas onto it);
+3. score both on the held-out test split and on the recent rows kept out of fine-tuning
+   and let the gate decide; every challenger becomes a run record with its scores and the
+   decision, and only a winner a registered version with lineage (``online/record.py``);
+   on a win move ``production`` to it (the supervisor of a deployment that follows the
+   alias rolls the replicas onto it);
 4. in one transaction claim the feedback it used (apply-once) and record the decision;
    only then ack the messages. A learner killed anywhere before the commit gets the same
    messages again after their lease; one killed after it skips them as already applied.
@@ -38,10 +39,11 @@ from stratum.monitor.drift import DriftMonitor
 from stratum.monitor.metrics import Metrics
 from stratum.online.gate import Decision, decide
 from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
+from stratum.online.record import Challenger, keep
 from stratum.online.reference import load_reference
 from stratum.online.window import FeedbackWindow, Pending, Row, join
 from stratum.queue import Message, Queue, feedback_stream, open_queue
-from stratum.store import ProcessedIds, Store, load_model, register_model
+from stratum.store import ProcessedIds, Store, load_model
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 
@@ -60,18 +62,21 @@ class Champion:
 
 @dataclass
 class Update:
-    """The outcome of one challenger: its version and the gate's decision."""
+    """The outcome of one challenger: its run, its version if registered, and the gate's
+    decision."""
 
-    version: int
+    version: int | None  # registered version; None for a rejected one (a run record only)
     parent: int
     decision: Decision
     rows: int
     trigger: str
     seconds: float
+    run_id: str = ""
     promoted_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "parent": self.parent, "rows": self.rows,
+        return {"version": self.version, "run_id": self.run_id, "parent": self.parent,
+                "rows": self.rows,
                 "trigger": self.trigger, "seconds": round(self.seconds, 3),
                 **self.decision.to_dict()}
 
@@ -279,43 +284,30 @@ class Learner:
                           challenger_holdout=score(challenger, *self.holdout),
                           tolerance=self.cfg.holdout_tolerance, z_min=self.cfg.z_min,
                           min_rows=self.cfg.min_eval_rows)
-        mv = self._register(challenger, decision, new, trigger)
-        update = Update(mv.version, champ.version, decision, sum(len(r.y) for r in new),
-                        trigger, time.perf_counter() - t0)
+        kept = keep(self.store, Challenger(
+            self.name, champ.model.spec, champ.version, challenger.weights(),
+            champ.preprocessing, champ.dataset_version_id, {
+                "trigger": trigger, "feedback_rows": sum(len(r.y) for r in new),
+                "first_request": new[0].request_id, "last_request": new[-1].request_id,
+                "window_rows": self.window.rows}),
+            decision, register_rejected=self.cfg.register_rejected)
+        update = Update(kept.version, champ.version, decision, sum(len(r.y) for r in new),
+                        trigger, time.perf_counter() - t0, kept.run_id)
         meta = self.store.meta
         meta.add_event("online.decision", self.name, update.to_dict())
         if decision.promote:
-            meta.set_alias(self.name, self.cfg.promote_alias, mv.version,
+            assert kept.version is not None  # a winner is always registered
+            meta.set_alias(self.name, self.cfg.promote_alias, kept.version,
                            reason=f"online learner: {decision.reason}")
             update.promoted_at = time.time()
-            self.champion = Champion(mv.version, challenger, champ.signature,
+            self.champion = Champion(kept.version, challenger, champ.signature,
                                      champ.preprocessing, decision.challenger_holdout,
                                      champ.dataset_version_id)
-        log.info("challenger v%d of %s: %s — %s", mv.version, self.name,
-                 "promoted" if decision.promote else "kept as candidate", decision.reason)
+        log.info("challenger of %s (run %s): %s — %s", self.name, kept.run_id,
+                 f"promoted as v{kept.version}" if decision.promote else
+                 "rejected" + (f", kept as v{kept.version}" if kept.version else ""),
+                 decision.reason)
         return update
-
-    def _register(self, model: OnlineModel, decision: Decision, new: list[Row],
-                  trigger: str) -> Any:
-        champ = self.champion
-        parent = champ.model.spec
-        metric = "accuracy" if parent.task == "classification" else "r2"
-        spec = parent.model_copy(update={
-            "metrics": {metric: decision.challenger_holdout,
-                        f"recent_{metric}": decision.challenger_recent},
-            "lineage": parent.lineage.model_copy(update={
-                "parent_version": champ.version, "run_id": None,
-                "extra": {"online": {"trigger": trigger,
-                                     "feedback_rows": sum(len(r.y) for r in new),
-                                     "first_request": new[0].request_id,
-                                     "last_request": new[-1].request_id,
-                                     "window_rows": self.window.rows}}}),
-        })
-        parent_row = self.store.meta.model_version(self.name, champ.version)
-        return register_model(
-            self.store.meta, self.store.artifacts, self.name, spec, **model.weights(),
-            preprocessing=champ.preprocessing, parent_id=parent_row.id,
-            dataset_version_id=champ.dataset_version_id, aliases=("candidate",))
 
     # -- drift and the champion elsewhere --------------------------------------------------
     def _check_input_drift(self) -> None:

@@ -12,6 +12,7 @@ satisfies it), so security sits beside the store rather than on top of it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -91,4 +92,12 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
     return key.decode("latin-1").strip() if key else None
 
 
-__all__ = ["KeyChecker", "KeyDirectory", "KeyRecord", "presented_key"]
+def warn_if_auth_off(logger: logging.Logger, require_auth: bool, where: str) -> None:
+    """Every process says it at start when predict and feedback are open: the default of
+    ``stratum deploy``, which must never pass unnoticed. ``where``: e.g. ``port 8000``."""
+    if not require_auth:
+        logger.warning("auth is OFF: anyone who can reach %s can predict and post feedback; "
+                       "set gateway.require_auth: true", where)
+
+
+__all__ = ["KeyChecker", "KeyDirectory", "KeyRecord", "presented_key", "warn_if_auth_off"]

@@ -8,10 +8,15 @@ Every ``StratumError`` becomes its status with ``to_dict()`` as JSON; bad input 
 a 4xx. The handlers live in ``routes`` (inference, health, metadata, metrics, feedback)
 and ``admin`` (info, swap, drain); served inputs and feedback go through ``intake``.
 Other work can add routes with ``replica.add_route(method, template, handler)``.
+
+With a ``secret`` (the deployment secret the supervisor hands it), every route but the
+two health probes answers 401 unless the request carries it in ``x-stratum-replica-secret``:
+a replica trusts only its gateway and its control plane, not whoever finds its port.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 import uuid
@@ -23,7 +28,8 @@ import orjson
 
 from stratum.asgi import JSON, Handler, Request, Response, Router, read_body
 from stratum.config import Settings
-from stratum.errors import NotFoundError, StratumError
+from stratum.errors import AuthError, NotFoundError, StratumError
+from stratum.security.tokens import REPLICA_SECRET_HEADER
 from stratum.serve import admin, routes
 from stratum.serve.intake import Intake
 from stratum.serve.metrics import ReplicaMetrics
@@ -33,14 +39,16 @@ from stratum.store import Store
 log = logging.getLogger(__name__)
 
 _ID_MAX = 128
+_OPEN = frozenset(("/v2/health/live", "/v2/health/ready"))  # probes need no secret
 
 
 class Replica:
     """ASGI app serving ``model_name``; ``deployment`` is accepted as an alias in paths."""
 
     def __init__(self, settings: Settings, store: Store, model_name: str,
-                 deployment: str | None = None) -> None:
+                 deployment: str | None = None, *, secret: str | None = None) -> None:
         self.settings = settings
+        self._secret = secret.encode("latin-1") if secret else None
         self.store = store
         self.model_name = model_name
         self.names = {model_name, deployment or model_name}
@@ -136,6 +144,10 @@ class Replica:
         method, path = scope["method"], scope["path"]
         label = "unmatched"
         try:
+            if self._secret is not None and path not in _OPEN and not hmac.compare_digest(
+                    headers.get(REPLICA_SECRET_HEADER, "").encode("latin-1"), self._secret):
+                raise AuthError("this replica answers only its gateway and control plane",
+                                hint="send requests through the deployment's gateway")
             found = self.router.match(method, path)
             if found is None:
                 raise NotFoundError(f"no route {method} {path}",

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stratum.data.signature import few, non_finite_rows
+from stratum.errors import NonFiniteOutputError
+
 log = logging.getLogger(__name__)
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -133,7 +136,8 @@ class Batcher:
         self._company = len(batch) > 1
         xs = [it.x for it in batch]
         try:
-            y = await loop.run_in_executor(self.executor, _stack_and_forward, self.forward, xs)
+            y, finite = await loop.run_in_executor(self.executor, _stack_and_forward,
+                                                   self.forward, xs)
         except Exception as exc:  # every waiter must hear about the failure
             log.exception("forward pass failed for a batch of %d requests", len(batch))
             for it in batch:
@@ -146,13 +150,23 @@ class Batcher:
         for it in batch:
             n = len(it.x)
             if not it.future.done():  # a cancelled client leaves a done future behind
-                it.future.set_result(y[start:start + n])
+                rows = y[start:start + n]
+                bad = None if finite else non_finite_rows(rows)
+                if bad:  # only the requests whose own rows went bad fail
+                    it.future.set_exception(NonFiniteOutputError(
+                        f"the model produced non-finite outputs for instance(s) {few(bad)}; "
+                        "inputs may be out of range",
+                        hint="send inputs within the range the model was trained on"))
+                else:
+                    it.future.set_result(rows)
             start += n
 
 
-def _stack_and_forward(forward: Forward, xs: list[np.ndarray]) -> np.ndarray:
+def _stack_and_forward(forward: Forward, xs: list[np.ndarray]) -> tuple[np.ndarray, bool]:
+    """The batch's output and whether all of it is finite: one check per batch on the
+    worker thread, so the per-request detail is worked out only when it fails."""
     x = xs[0] if len(xs) == 1 else np.concatenate(xs)
     y = forward(x)
     if len(y) != len(x):
         raise RuntimeError(f"forward returned {len(y)} rows for {len(x)} inputs")
-    return y
+    return y, y.dtype.kind not in "fc" or bool(np.isfinite(y).all())

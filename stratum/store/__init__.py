@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stratum.config import Settings
+from stratum.security.home import private_home
 from stratum.store.artifacts import (
     ArtifactStore,
     FsspecArtifactStore,
@@ -33,6 +34,7 @@ class Store:
     @classmethod
     def open(cls, settings: Settings) -> Store:
         assert settings.metadata_url and settings.artifact_url
+        private_home(settings.home)  # before anything is created in it: see security.home
         return cls(
             meta=MetadataStore.open(settings.metadata_url),
             artifacts=open_artifacts(

@@ -7,6 +7,7 @@ may keep them after the session closes.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -182,20 +183,25 @@ class MetadataStore:
                 raise NotFoundError(f"run {run_id} does not exist")
             return run
 
-    def runs(self, name: str | None = None, limit: int = 50) -> list[m.Run]:
+    def runs(self, name: str | None = None, limit: int = 50, *,
+             exclude_strategies: Sequence[str] = ()) -> list[m.Run]:
         q = select(m.Run)
         if name:
             q = q.where(m.Run.name == name)
+        if exclude_strategies:
+            q = q.where(m.Run.strategy.not_in(exclude_strategies))
         with self.session() as s:
             return list(s.scalars(q.order_by(m.Run.started_at.desc()).limit(limit)))
 
     def log_metrics(
         self, run_id: str, values: dict[str, float], *, step: int, epoch: int | None = None
     ) -> None:
+        """Record ``values`` at ``step``. A NaN or infinite value is a metric that could
+        not be computed (e.g. accuracy over no rows); it is left out, not stored as NULL."""
         with self.session() as s:
             s.add_all(
                 m.Metric(run_id=run_id, key=k, step=step, epoch=epoch, value=float(v))
-                for k, v in values.items()
+                for k, v in values.items() if math.isfinite(float(v))
             )
 
     def metrics(self, run_id: str, key: str | None = None) -> list[m.Metric]:

@@ -4,16 +4,20 @@ Replicas and the gateway log sampled requests (``log``, or ``log_many`` batched 
 hot path); the feedback route and the online learner look them up (``get``,
 ``get_many``). Sampling is decided by a hash of the request id, so every process makes
 the same choice for one request. Columns declared PII are masked before anything is
-stored. A row lives ``retention_s`` seconds; an expired row is invisible to ``get`` at
-once and removed by ``purge_expired``.
+stored (keyed with ``online.log_pii_key_file``). A row lives ``retention_s`` seconds; an
+expired row is invisible to ``get`` at once. The log is bounded: every ``max_rows // 10``
+rows it writes, a writer deletes the expired rows and all but the ``max_rows`` newest
+(``prune``), so one writer never lets it grow past 110% of the bound.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,10 +25,12 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import sessionmaker
 
 from stratum.config import Settings
-from stratum.errors import DataError
+from stratum.errors import ConfigError, DataError
 from stratum.security.masking import mask
 from stratum.store.metadata import MetadataStore
 from stratum.store.models import RequestRecord, utcnow
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 500  # ids per IN (...) lookup, under driver parameter limits
 _COLUMNS = "request_id, model, version, ts, expires_at, inputs, prediction"
@@ -58,10 +64,14 @@ class RequestLog:
     def __init__(
         self, store: MetadataStore | Engine, *, sample_rate: float = 1.0,
         retention_s: float = 7 * 24 * 3600, pii_columns: Collection[str] = (),
-        mask_key: bytes | None = None,
+        mask_key: bytes | None = None, max_rows: int | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise DataError(f"request log sample rate must be in [0, 1], got {sample_rate}")
+        self.max_rows = max_rows
+        # Pruning costs an index scan of max_rows entries: once per tenth of the bound.
+        self.prune_every = max(1, max_rows // 10) if max_rows else 0
+        self._unpruned = 0
         self.engine = store.engine if isinstance(store, MetadataStore) else store
         self.sample_rate = sample_rate
         self.retention = timedelta(seconds=retention_s)
@@ -74,8 +84,11 @@ class RequestLog:
     @classmethod
     def from_settings(cls, settings: Settings, store: MetadataStore | Engine) -> RequestLog:
         o = settings.online
+        key = None
+        if o.log_pii_key_file is not None:
+            key = read_mask_key(settings.home / o.log_pii_key_file)
         return cls(store, sample_rate=o.log_sample_rate, retention_s=o.log_retention_s,
-                   pii_columns=o.log_pii_columns)
+                   pii_columns=o.log_pii_columns, mask_key=key, max_rows=o.log_max_rows)
 
     def sampled(self, request_id: str) -> bool:
         """Whether ``request_id`` falls in the sample (the same answer in every process)."""
@@ -122,7 +135,11 @@ class RequestLog:
         if not rows:
             return 0
         with self.engine.begin() as conn:
-            return int(conn.exec_driver_sql(self._insert_many, rows).rowcount or 0)
+            written = int(conn.exec_driver_sql(self._insert_many, rows).rowcount or 0)
+        self._unpruned += written
+        if self.prune_every and self._unpruned >= self.prune_every:
+            self.prune()
+        return written
 
     def get(self, request_id: str) -> LoggedRequest | None:
         """The logged request, or None if it was never logged, not sampled or expired."""
@@ -156,6 +173,25 @@ class RequestLog:
             return [LoggedRequest(r.request_id, r.model, r.version, r.inputs, r.prediction,
                                   _aware(r.ts)) for r in rows]
 
+    def prune(self) -> int:
+        """Delete the expired rows and all but the ``max_rows`` that expire last (the
+        newest); returns how many went."""
+        self._unpruned = 0
+        gone = self.purge_expired()
+        if not self.max_rows:
+            return gone
+        with self._sessions() as s, s.begin():
+            # The (max_rows + 1)-th newest expiry, on the expires_at index; ties go too.
+            cutoff = s.scalar(select(RequestRecord.expires_at)
+                              .order_by(RequestRecord.expires_at.desc())
+                              .offset(self.max_rows).limit(1))
+            if cutoff is None:
+                return gone
+            res = s.execute(delete(RequestRecord).where(RequestRecord.expires_at <= cutoff))
+            over = int(getattr(res, "rowcount", 0) or 0)
+        log.info("request log: dropped %d rows over its bound of %d", over, self.max_rows)
+        return gone + over
+
     def purge_expired(self, now: datetime | None = None) -> int:
         """Delete expired rows; returns how many."""
         with self._sessions() as s, s.begin():
@@ -163,6 +199,25 @@ class RequestLog:
                 delete(RequestRecord).where(RequestRecord.expires_at <= _aware(now or utcnow()))
             )
             return int(getattr(res, "rowcount", 0) or 0)
+
+
+def read_mask_key(path: Path) -> bytes:
+    """The keyed-masking key from ``path`` (surrounding whitespace ignored)."""
+    hint = (f"make one: python -c 'import secrets; print(secrets.token_hex(32))' > {path}"
+            f" && chmod 600 {path}")
+    try:
+        key = path.read_bytes().strip()
+        loose = path.stat().st_mode & 0o077
+    except OSError as exc:
+        raise ConfigError(f"online.log_pii_key_file {path} cannot be read: {exc.strerror}",
+                          hint=hint) from exc
+    if len(key) < 16:
+        raise ConfigError(f"the PII masking key in {path} is {len(key)} bytes; it needs 16 "
+                          "or more", hint=hint)
+    if loose:
+        log.warning("the PII masking key %s can be read by other users (mode %o); chmod 600 "
+                    "it", path, path.stat().st_mode & 0o777)
+    return key
 
 
 def _entry(m: Mapping[str, Any]) -> LoggedRequest:

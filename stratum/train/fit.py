@@ -232,7 +232,8 @@ def _resume_run(store: Store, cfg: TrainConfig, resume: bool | str) -> str:
     if isinstance(resume, str):
         store.meta.run(resume)  # raises NotFoundError naming the id
         return resume
-    for run in store.meta.runs(cfg.model_name):
+    # The online learner's challengers are runs of the same model; none is resumable.
+    for run in store.meta.runs(cfg.model_name, exclude_strategies=("online",)):
         if run.status in ("stopped", "failed", "running"):
             return run.id
         if run.status == "completed":

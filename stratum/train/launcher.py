@@ -1,6 +1,6 @@
 """Start N worker processes and keep the group alive, elastically like torchrun.
 
-``LocalLauncher`` starts ``python -m stratum.train.worker JOB.json`` N times in one
+``LocalLauncher`` starts ``python -P -m stratum.train.worker JOB.json`` N times in one
 process group, with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (a fresh free port per
 attempt). When any worker dies, the whole group is killed and started again; the loop in
 every worker resumes from the run's newest complete checkpoint, so at most one
@@ -20,7 +20,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Protocol
 
 from stratum import errors
 from stratum.config import Settings
+from stratum.config.child import start_python
 from stratum.errors import StratumError, TrainingError
 from stratum.train.loop import Job, Progress
 
@@ -145,7 +145,7 @@ class LocalLauncher:
 
     def _spawn(self, job_file: Path) -> None:
         port = free_port()
-        base = {**os.environ, **self.settings.child_env(), "MASTER_ADDR": "127.0.0.1",
+        base = {**self.settings.child_env(), "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(port), "WORLD_SIZE": str(self.workers)}
         self.procs = []
         for rank in range(self.workers):
@@ -153,8 +153,8 @@ class LocalLauncher:
             log = (self.run_dir / f"worker-{rank}.log").open("ab")
             # One process group for the whole set, so one signal stops every worker.
             group = 0 if rank == 0 else self.procs[0].pid
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "stratum.train.worker", str(job_file)],
+            self.procs.append(start_python(
+                "stratum.train.worker", [str(job_file)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, process_group=group,
             ))
             log.close()

@@ -23,6 +23,24 @@ from tests.services import free_port, started
 FEATURES = 4
 CLASSES = [0, 1, 2]
 SAMPLE = {"instances": [[0.1, 0.2, 0.3, 0.4]]}
+# What replicas and static gateways started by hand here share: the replicas' deployment
+# secret and the token of the gateways' /admin/* (the supervisor makes its own of both).
+REPLICA_SECRET = "test-replica-secret-0123456789abcdef"
+REPLICA_AUTH = {"x-stratum-replica-secret": REPLICA_SECRET}  # straight to such a replica
+GATEWAY_TOKEN = "test-gateway-token"
+ADMIN = {"x-stratum-admin-token": GATEWAY_TOKEN}
+
+
+def admin_headers(settings: Settings) -> dict[str, str]:
+    """The home's admin token (made on first use) as a bearer header: the control plane's
+    admin API and a named gateway's /admin/* accept it."""
+    from stratum.security import ensure_admin_token
+
+    store = Store.open(settings)
+    try:
+        return {"authorization": f"Bearer {ensure_admin_token(settings.home, store.meta)}"}
+    finally:
+        store.close()
 
 
 def register_tiny(store: Store, name: str = "tiny", *, seed: int = 0,
@@ -50,22 +68,29 @@ def replica(settings: Settings, ref: str, log: Path) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with started([sys.executable, "-m", "stratum.serve", "--model", ref, "--port", str(port)],
-                 ready_url=url + "/v2/health/ready", env=settings.child_env(), log=log,
-                 timeout=90):
+                 ready_url=url + "/v2/health/ready", env=_env(settings), log=log, timeout=90):
         yield url
 
 
 @contextmanager
 def gateway(settings: Settings, replicas: list[str], log: Path,
-            extra: list[str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+            extra: list[str] | None = None, secret: str = REPLICA_SECRET,
+            ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A static gateway in front of ``replicas`` started with ``secret``; its /admin/*
+    takes ``ADMIN``."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = [sys.executable, "-m", "stratum.gateway", "--port", str(port)]
     for r in replicas:
         args += ["--replica", r]
     with started(args + (extra or []), ready_url=url + "/v2/health/live",
-                 env=settings.child_env(), log=log, timeout=60) as proc:
+                 env=_env(settings, secret), log=log, timeout=60) as proc:
         yield url, proc
+
+
+def _env(settings: Settings, secret: str = REPLICA_SECRET) -> dict[str, str]:
+    return {**settings.child_env(), "STRATUM_REPLICA_SECRET": secret,
+            "STRATUM_GATEWAY_TOKEN": GATEWAY_TOKEN}
 
 
 @dataclass

@@ -3,7 +3,10 @@ plane, which starts replicas and a gateway; clients talk HTTP to the gateway.
 
 One deployment lives through the whole module (starting replicas is the slow part on a
 small machine), so the tests run in order: a crash under load, a rolling update under
-load, a canary, scale and rollback, a failed update, a busy port, auth, undeploy.
+load, a canary, scale and rollback, a failed update, a busy port, auth, undeploy. The
+security bars of issue 12 run on the same deployment: every admin route of the control
+plane, the gateway and a replica refuses a request without a credential; replicas answer
+only with their generation's secret and listen on loopback; the home is private.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from stratum.cli.main import app
 from stratum.config import Settings, load_settings
 from stratum.control.discovery import read_record
 from stratum.errors import ConflictError, ServingError
+from stratum.security.keys import key_id_of, verify_key
 from stratum.store import Store
 from tests.integration.gateway_fixtures import (
     SAMPLE,
     BackgroundLoad,
+    admin_headers,
     gateway,
     load_loop,
     register_tiny,
@@ -53,6 +58,8 @@ class Cluster:
         self.home, self.settings, self.port = home, settings, port
         self.url = f"http://127.0.0.1:{port}"
         self.runner = CliRunner()
+        self.admin: dict[str, str] = {}  # the home's admin token, once the CLI made it
+        self.first_secrets: set[str] = set()  # of the first generation's replicas
 
     def cli(self, *args: str) -> Any:
         result = self.runner.invoke(app, ["--home", str(self.home), *args], env=TUNING)
@@ -64,7 +71,7 @@ class Cluster:
     def deployment(self, name: str = "tiny") -> dict[str, Any]:
         rec = read_record(self.settings)
         assert rec is not None, "the control plane is not running"
-        r = httpx.get(f"{rec['url']}/deployments/{name}", timeout=10)
+        r = httpx.get(f"{rec['url']}/deployments/{name}", headers=self.admin, timeout=10)
         r.raise_for_status()
         out: dict[str, Any] = r.json()
         return out
@@ -99,6 +106,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         out = c.cli("deploy", "tiny@1", "--replicas", "2", "--port", str(c.port), "--json")
         assert not isinstance(out, Exception), out
+        c.admin = admin_headers(settings)
+        c.first_secrets = {replica_secret_of(r["pid"]) for r in out["replicas"]}
         yield c
     finally:
         stop_control_plane(settings)
@@ -119,6 +128,115 @@ def test_deploy_serves_and_status_shows_replicas(cluster: Cluster) -> None:
     reps = dep["observed"]["replicas"]
     assert len(reps) == 2 and all(r["healthy"] and r["version"] == 1 for r in reps)
     assert dep["observed"]["traffic"] == [{"version": 1, "weight": 100.0, "replicas": 2}]
+
+
+def replica_secret_of(pid: int) -> str:
+    """The secret a replica was started with, from its environment (readable by its user)."""
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(v.split(b"=", 1)[1].decode() for v in env
+                if v.startswith(b"STRATUM_REPLICA_SECRET="))
+
+
+def _listens_on(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp writes them) listening on ``port``."""
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port:
+                out.add(addr)
+    return out
+
+
+CONTROL_ADMIN = [("GET", "/deployments", None), ("GET", "/deployments/tiny", None),
+                 ("POST", "/deployments", {"model": "tiny@2"}),
+                 ("POST", "/deployments/tiny/rollback", None),
+                 ("POST", "/deployments/tiny/scale", {"replicas": 1}), ("GET", "/events", None),
+                 ("DELETE", "/deployments/tiny", None)]
+GATEWAY_ADMIN = [("GET", "/admin/routes", None), ("GET", "/admin/info", None),
+                 ("PUT", "/admin/routes", {"deployments": {}})]
+REPLICA_ROUTES = [("GET", "/v2", None), ("GET", "/v2/models/tiny", None),
+                  ("GET", "/metrics", None), ("GET", "/admin/info", None),
+                  ("POST", "/admin/swap", {"ref": "2"}),
+                  ("POST", "/v1/models/tiny:predict", SAMPLE),
+                  ("POST", "/v1/models/tiny/feedback", {"request_id": "x", "label": 1}),
+                  ("POST", "/admin/drain", None)]  # last: let through, it would drain
+
+
+def _statuses(base: str, routes: list[tuple[str, str, Any]],
+              headers: dict[str, str]) -> dict[str, int]:
+    with httpx.Client(base_url=base, headers=headers, timeout=30) as c:
+        return {f"{m} {p}": c.request(m, p, json=body).status_code for m, p, body in routes}
+
+
+def test_every_admin_route_needs_a_credential(cluster: Cluster) -> None:
+    rec = read_record(cluster.settings)
+    assert rec is not None
+    carol = cluster.cli("keys", "create", "carol", "--scope", "predict", "--json")
+    predict_only = {"authorization": f"Bearer {carol['key']}"}
+    for who, headers, want in (("nobody", {}, 401), ("a wrong token",
+                               {"authorization": "Bearer sk_00_nope"}, 401),
+                               ("a predict-only key", predict_only, 403)):
+        for base, routes in ((rec["url"], CONTROL_ADMIN), (cluster.url, GATEWAY_ADMIN)):
+            got = _statuses(base, routes, headers)
+            assert set(got.values()) == {want}, (who, base, got)
+    got = _statuses(cluster.url, GATEWAY_ADMIN, {"x-stratum-admin-token": "not-the-supervisors"})
+    assert set(got.values()) == {401}, got
+    assert httpx.get(f"{rec['url']}/health").status_code == 200
+    assert httpx.get(f"{cluster.url}/v2/health/ready").status_code == 200
+    # The home's admin token opens both; what they show never holds a replica's secret.
+    replicas = cluster.deployment()["observed"]["replicas"]
+    secrets = [replica_secret_of(r["pid"]) for r in replicas]
+    routes = httpx.get(f"{cluster.url}/admin/routes", headers=cluster.admin)
+    assert routes.status_code == 200 and "***" in routes.text
+    assert not any(s in routes.text for s in secrets)
+    events = httpx.get(f"{rec['url']}/events", headers=cluster.admin, params={"limit": 500})
+    assert events.status_code == 200 and not any(s in events.text for s in secrets)
+    assert cluster.predict().status_code == 200
+
+
+def test_a_replica_answers_only_with_its_secret_and_only_on_loopback(cluster: Cluster) -> None:
+    for r in cluster.deployment()["observed"]["replicas"]:
+        assert _listens_on(r["port"]) == {"0100007F"}, r  # 127.0.0.1, nothing else
+        for headers in ({}, {"x-stratum-replica-secret": "x" * 43}):
+            got = _statuses(r["url"], REPLICA_ROUTES, headers)
+            assert set(got.values()) == {401}, (r["url"], got)
+        assert httpx.get(f"{r['url']}/v2/health/ready").status_code == 200
+        auth = {"x-stratum-replica-secret": replica_secret_of(r["pid"])}
+        assert httpx.post(f"{r['url']}/v1/models/tiny:predict", json=SAMPLE,
+                          headers=auth).status_code == 200
+        assert httpx.get(f"{r['url']}/admin/info", headers=auth).json()["ready"] is True
+
+
+def test_the_home_is_private_and_holds_the_admin_token_hashed(cluster: Cluster) -> None:
+    home = cluster.home
+    token = (home / "admin.token").read_text().strip()
+    assert cluster.admin == {"authorization": f"Bearer {token}"}
+    loose = [(str(p.relative_to(home)), oct(p.stat().st_mode & 0o777))
+             for p in [home, *home.rglob("*")] if p.stat().st_mode & 0o077]
+    assert not loose, loose  # the folders 0700, every file 0600
+    for name in ("stratum.db", "admin.token", "control.json", "logs/control.log"):
+        assert (home / name).stat().st_mode & 0o777 == 0o600, name
+    store = Store.open(cluster.settings)
+    try:
+        row = store.meta.api_key(key_id_of(token) or "")
+    finally:
+        store.close()
+    assert row is not None and row.name == "admin-token" and row.scopes == ["admin"]
+    assert verify_key(token, row.key_hash) and token not in row.key_hash
+    stored = b"".join(p.read_bytes() for p in home.glob("stratum.db*") if p.is_file())
+    assert token.encode() not in stored
+
+
+def test_every_process_says_loudly_that_auth_is_off(cluster: Cluster) -> None:
+    logs = cluster.home / "logs"
+    replica_logs = sorted((logs / "tiny").glob("tiny-v1-*.log"))
+    assert replica_logs
+    for log in (logs / "control.log", logs / "tiny" / "gateway.log", *replica_logs):
+        text = log.read_text()
+        assert "WARNING" in text and "auth is OFF" in text, (log, text[-500:])
+    assert f"reach port {cluster.port} " in (logs / "tiny" / "gateway.log").read_text()
 
 
 def test_malformed_requests_are_4xx_through_the_gateway(cluster: Cluster) -> None:
@@ -179,6 +297,12 @@ def test_rolling_update_under_load(cluster: Cluster) -> None:
     assert set(res.versions) <= {"1", "2"} and res.versions["2"] > 0, res.versions
     assert {r["version"] for r in out["replicas"]} == {2}
     assert all(cluster.predict().headers["x-model-version"] == "2" for _ in range(10))
+
+
+def test_a_new_generation_gets_a_new_replica_secret(cluster: Cluster) -> None:
+    now = {replica_secret_of(r["pid"]) for r in cluster.deployment()["observed"]["replicas"]}
+    assert len(cluster.first_secrets) == 1 and len(now) == 1
+    assert not now & cluster.first_secrets
 
 
 def test_canary_split_matches_weight(cluster: Cluster) -> None:
@@ -248,10 +372,11 @@ def test_a_busy_port_is_a_clear_error(cluster: Cluster) -> None:
 def test_auth_scopes_and_rate_limit(cluster: Cluster, tmp_path: Path) -> None:
     alice = cluster.cli("keys", "create", "alice", "--scope", "predict", "--json")
     bob = cluster.cli("keys", "create", "bob", "--scope", "feedback", "--json")
-    replicas = [r["url"] for r in cluster.deployment()["observed"]["replicas"]]
+    (rep,) = cluster.deployment()["observed"]["replicas"]
     settings = cluster.settings.model_copy(update={"gateway": cluster.settings.gateway.model_copy(
         update={"require_auth": True, "rate_limit_per_s": 2.0, "rate_limit_burst": 5.0})})
-    with gateway(settings, replicas, tmp_path / "gw.log") as (url, _):
+    with gateway(settings, [rep["url"]], tmp_path / "gw.log",
+                 secret=replica_secret_of(rep["pid"])) as (url, _):
         path = f"{url}/v1/models/tiny:predict"
         assert httpx.post(path, json=SAMPLE).status_code == 401
         assert httpx.post(path, json=SAMPLE, headers={"x-api-key": "sk_00_bad"}).status_code \
@@ -259,6 +384,9 @@ def test_auth_scopes_and_rate_limit(cluster: Cluster, tmp_path: Path) -> None:
         r = httpx.post(path, json=SAMPLE, headers={"authorization": f"Bearer {bob['key']}"})
         assert r.status_code == 403 and "predict" in r.json()["message"]
         auth = {"authorization": f"Bearer {alice['key']}"}
+        r = httpx.post(f"{url}/v1/models/tiny/feedback", json={"request_id": "x", "label": 1},
+                       headers=auth)
+        assert r.status_code == 403 and "feedback" in r.json()["message"]
         codes = [httpx.post(path, json=SAMPLE, headers=auth).status_code for _ in range(8)]
         assert codes[:5] == [200] * 5 and 429 in codes[5:], codes
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # probes stay open

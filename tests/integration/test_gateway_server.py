@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from stratum.config import load_settings
-from tests.integration.gateway_fixtures import gateway
+from tests.integration.gateway_fixtures import ADMIN, GATEWAY_TOKEN, gateway
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +55,7 @@ def test_malformed_http_is_a_400_and_a_closed_connection(gw: str) -> None:
 def test_chunked_body_and_expect_continue(gw: str) -> None:
     body = b'{"deployments": {}}'
     raw = (b"PUT /admin/routes HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
+           b"x-stratum-admin-token: " + GATEWAY_TOKEN.encode() + b"\r\n"
            b"expect: 100-continue\r\ncontent-type: application/json\r\n\r\n"
            + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
     data = _exchange(gw, raw, expect=2)
@@ -66,10 +67,13 @@ def test_size_limit_and_unknown_model(gw: str) -> None:
     assert r.status_code == 413 and "limit" in r.json()["message"]
     r = httpx.post(f"{gw}/v1/models/m:predict", json={"instances": [[1]]})
     assert r.status_code == 404 and r.headers["x-request-id"]
-    r = httpx.put(f"{gw}/admin/routes", json={"deployments": {"m": {"groups": [
-        {"version": 1, "replicas": ["http://127.0.0.1:1"]}]}}})
+    routes = {"deployments": {"m": {"groups": [
+        {"version": 1, "replicas": ["http://127.0.0.1:1"]}]}}}
+    assert httpx.put(f"{gw}/admin/routes", json=routes).status_code == 401
+    r = httpx.put(f"{gw}/admin/routes", json=routes, headers=ADMIN)
     assert r.status_code == 200
     r = httpx.post(f"{gw}/v1/models/m:predict", json={"instances": [[1]]})
     assert r.status_code == 503 and "no replica could answer" in r.json()["message"]
-    info = httpx.get(f"{gw}/admin/info").json()
+    assert httpx.get(f"{gw}/admin/info").status_code == 401
+    info = httpx.get(f"{gw}/admin/info", headers=ADMIN).json()
     assert info["role"] == "gateway" and info["replicas"] == 1 and info["healthy"] == 0

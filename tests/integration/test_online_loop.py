@@ -143,6 +143,7 @@ def test_a_challenger_fitted_to_noise_is_never_promoted(loop: Loop) -> None:
     """Shuffled labels on fresh traffic: the learner makes challengers from them, and
     the gate turns every one down; production stays where it was."""
     before = loop.production()
+    versions = len(loop.store.meta.model_versions("digits"))
     rng = np.random.default_rng(7)
     sl = slice(0, 240)
     shuffled = rng.permutation(loop.labels[sl])
@@ -156,6 +157,12 @@ def test_a_challenger_fitted_to_noise_is_never_promoted(loop: Loop) -> None:
     assert loop.production() == before
     decisions = loop.store.meta.events(subject="digits", kind="online.decision")
     assert any(not e.payload["promote"] for e in decisions)
+    # Rejected challengers stay run records (scores and decision), not versions.
+    assert len(loop.store.meta.model_versions("digits")) == versions
+    for u in updates:
+        run = loop.store.meta.run(u.run_id)
+        assert u.version is None and run.strategy == "online"
+        assert run.summary["outcome"] == "rejected" and run.summary["version"] is None
 
 
 def test_learner_process_promotes_and_the_deployment_follows(loop: Loop, tmp_path: Path

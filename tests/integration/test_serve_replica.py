@@ -22,10 +22,16 @@ import torch
 from stratum.config import Settings, load_settings
 from stratum.data.preprocessing import Pipeline, build_pipeline
 from stratum.models import build_model
+from stratum.security.tokens import REPLICA_SECRET_ENV, REPLICA_SECRET_HEADER
 from stratum.store import ModelSpec, Store, register_model
+from tests.integration.gateway_fixtures import REPLICA_AUTH, REPLICA_SECRET, gateway
 from tests.services import free_port, started
 
 pytestmark = pytest.mark.integration
+
+# Every route but the health probes needs the deployment secret the replica was started with.
+AUTH = REPLICA_AUTH
+http = httpx.Client(headers=AUTH)
 
 FEATURES = ["a", "b", "c", "colour"]
 COLOURS = ["red", "green", "blue"]
@@ -55,7 +61,8 @@ def _replica(settings: Settings, model: str, log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with started([sys.executable, "-m", "stratum.serve", "--model", model, "--port", str(port),
                   "--name", "front"],
-                 ready_url=url + "/v2/health/ready", env=settings.child_env(), log=log,
+                 ready_url=url + "/v2/health/ready",
+                 env={**settings.child_env(), REPLICA_SECRET_ENV: REPLICA_SECRET}, log=log,
                  timeout=90):
         yield url
 
@@ -87,7 +94,7 @@ def _expected(net: torch.nn.Module, rows: list[list[object]]) -> np.ndarray:
 def test_predict_and_oip_equal_an_in_process_forward(tab: tuple[str, torch.nn.Module]) -> None:
     url, net = tab
     want = _expected(net, ROWS)
-    r = httpx.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
+    r = http.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["model_version"] == 1 and r.headers["x-model-version"] == "1"
@@ -95,7 +102,7 @@ def test_predict_and_oip_equal_an_in_process_forward(tab: tuple[str, torch.nn.Mo
     assert [p["class"] for p in doc["predictions"]] == [CLASSES[i] for i in want.argmax(1)]
     # Named features, in any order, through the deployment alias of the model name.
     named = [dict(zip(FEATURES, row, strict=True)) for row in ROWS]
-    r2 = httpx.post(f"{url}/v1/models/front:predict", json={"instances": named[::-1]})
+    r2 = http.post(f"{url}/v1/models/front:predict", json={"instances": named[::-1]})
     np.testing.assert_allclose([p["probabilities"] for p in r2.json()["predictions"]],
                                want[::-1], rtol=1e-5)
     # OIP: one tensor per feature (the categorical one as BYTES is refused; send numbers
@@ -103,7 +110,7 @@ def test_predict_and_oip_equal_an_in_process_forward(tab: tuple[str, torch.nn.Mo
     inputs = [{"name": f, "datatype": "FP32", "shape": [3],
                "data": [row[i] for row in ROWS]} for i, f in enumerate(FEATURES[:3])]
     inputs.append({"name": "colour", "datatype": "INT64", "shape": [3], "data": [0, 1, 2]})
-    r3 = httpx.post(f"{url}/v2/models/tab/infer", json={"id": "q1", "inputs": inputs})
+    r3 = http.post(f"{url}/v2/models/tab/infer", json={"id": "q1", "inputs": inputs})
     assert r3.status_code == 200, r3.text
     out = {o["name"]: o for o in r3.json()["outputs"]}
     assert r3.json()["id"] == "q1" and out["probabilities"]["shape"] == [3, 3]
@@ -117,12 +124,12 @@ def test_predict_and_oip_equal_an_in_process_forward(tab: tuple[str, torch.nn.Mo
 def test_request_ids_are_echoed_or_made(tab: tuple[str, torch.nn.Module]) -> None:
     url, _ = tab
     body = {"instances": ROWS[:1]}
-    r = httpx.post(f"{url}/v1/models/tab:predict", json=body, headers={"x-request-id": "abc-1"})
+    r = http.post(f"{url}/v1/models/tab:predict", json=body, headers={"x-request-id": "abc-1"})
     assert r.headers["x-request-id"] == "abc-1"
-    made = {httpx.post(f"{url}/v1/models/tab:predict", json=body).headers["x-request-id"]
+    made = {http.post(f"{url}/v1/models/tab:predict", json=body).headers["x-request-id"]
             for _ in range(3)}
     assert len(made) == 3 and all(len(m) == 32 for m in made)
-    bad = httpx.post(f"{url}/v1/models/tab:predict", content=b"{", headers={"x-request-id": "e"})
+    bad = http.post(f"{url}/v1/models/tab:predict", content=b"{", headers={"x-request-id": "e"})
     assert bad.status_code == 400 and bad.headers["x-request-id"] == "e"
 
 
@@ -175,7 +182,7 @@ MATRIX = [  # (name, method, path, body bytes, headers, expected status)
 def test_malformed_requests_get_4xx_never_5xx(tab: tuple[str, torch.nn.Module]) -> None:
     url, _ = tab
     wrong = []
-    with httpx.Client(base_url=url) as c:
+    with httpx.Client(base_url=url, headers=AUTH) as c:
         for name, method, path, body, headers, want in MATRIX:
             h = {"content-type": "application/json", **headers} if body else headers
             r = c.request(method, path, content=body, headers=h)
@@ -186,18 +193,41 @@ def test_malformed_requests_get_4xx_never_5xx(tab: tuple[str, torch.nn.Module]) 
     assert not wrong, "\n".join(wrong)
 
 
+def test_without_its_secret_only_the_health_probes_answer(
+        tab: tuple[str, torch.nn.Module]) -> None:
+    url, _ = tab
+    guarded = [("GET", "/v2"), ("GET", "/v2/models/tab"), ("GET", "/v2/models/tab/ready"),
+               ("GET", "/metrics"), ("GET", "/admin/info"), ("POST", "/admin/swap"),
+               ("POST", "/v1/models/tab:predict"), ("POST", "/v2/models/tab/infer"),
+               ("POST", "/v1/models/tab/feedback"), ("GET", "/nowhere"),
+               ("POST", "/admin/drain")]  # last: were it let through, the replica drains
+    body = orjson.dumps({"instances": ROWS, "ref": "1"})
+    with httpx.Client(base_url=url, timeout=10) as c:
+        for secret in (None, "x" * 43, REPLICA_SECRET[:-1]):
+            headers = {"content-type": "application/json"}
+            if secret is not None:
+                headers[REPLICA_SECRET_HEADER] = secret
+            got = {p: c.request(m, p, content=body, headers=headers).status_code
+                   for m, p in guarded}
+            assert set(got.values()) == {401}, (secret, got)
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+    assert http.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS}).status_code \
+        == 200  # and with it, everything works
+
+
 def test_metadata_and_metrics(tab: tuple[str, torch.nn.Module]) -> None:
     url, _ = tab
-    meta = httpx.get(f"{url}/v2/models/tab").json()
+    meta = http.get(f"{url}/v2/models/tab").json()
     assert meta["versions"] == ["1"] and meta["inputs"][0]["shape"] == [-1, 4]
     assert meta["parameters"]["feature_names"] == FEATURES
-    info = httpx.get(f"{url}/admin/info").json()
+    info = http.get(f"{url}/admin/info").json()
     assert info["name"] == "front" and info["version"] == 1 and info["ready"] is True
     # The torch mlp runs in ONNX Runtime (the default backend), checked at load.
     assert info["runtime"] == {"framework": "torch", "backend": "onnxruntime"}
     for _ in range(3):
-        httpx.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
-    text = httpx.get(f"{url}/metrics").text
+        http.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
+    text = http.get(f"{url}/metrics").text
     assert 'stratum_replica_request_seconds_bucket{le="0.005",route="/v1/models/{name}:predict",' \
            'status="200"}' in text
     assert 'stratum_replica_requests_total{route="/v1/models/{name}:predict",status="200"}' in text
@@ -231,7 +261,7 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
         sample = {"instances": [np.linspace(0, 1, 64).reshape(1, 8, 8).tolist()]}
 
         def load() -> None:
-            with httpx.Client(base_url=url, timeout=10) as c:
+            with httpx.Client(base_url=url, headers=AUTH, timeout=10) as c:
                 while not stop.is_set():
                     sent = time.monotonic()
                     try:
@@ -245,7 +275,7 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
         for w in workers:
             w.start()
         time.sleep(0.5)
-        with httpx.Client(base_url=url, timeout=60) as admin:
+        with httpx.Client(base_url=url, headers=AUTH, timeout=60) as admin:
             broken = admin.post("/admin/swap", json={"ref": "3"})
             missing = admin.post("/admin/swap", json={"ref": "img@99"})
             asked = time.monotonic()
@@ -280,13 +310,13 @@ def test_drain_stops_new_work(home: tuple[Settings, Path]) -> None:
     store.close()
     with _replica(settings, "img@1", tmp / "drain.log") as url:
         sample = {"instances": [[0.0] * 64]}
-        assert httpx.post(f"{url}/v1/models/img:predict", json=sample).status_code == 200
-        d = httpx.post(f"{url}/admin/drain", timeout=30)
+        assert http.post(f"{url}/v1/models/img:predict", json=sample).status_code == 200
+        d = http.post(f"{url}/admin/drain", timeout=30)
         assert d.json() == {"drained": True, "inflight": 0}
-        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
-        r = httpx.post(f"{url}/v1/models/img:predict", json=sample)
+        assert http.get(f"{url}/v2/health/ready").status_code == 503
+        r = http.post(f"{url}/v1/models/img:predict", json=sample)
         assert r.status_code == 503 and "draining" in r.json()["message"]
-        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        assert http.get(f"{url}/v2/health/live").status_code == 200
 
 
 # -- scikit-learn, and the Triton client unchanged ----------------------------------------------
@@ -310,26 +340,29 @@ def iris(home: tuple[Settings, Path]) -> Iterator[tuple[str, object, np.ndarray]
 
 def test_sklearn_replica_equals_predict_proba(iris: tuple[str, object, np.ndarray]) -> None:
     url, est, X = iris
-    r = httpx.post(f"{url}/v1/models/iris:predict", json={"instances": X.tolist()})
+    r = http.post(f"{url}/v1/models/iris:predict", json={"instances": X.tolist()})
     assert r.status_code == 200, r.text
     got = np.array([p["probabilities"] for p in r.json()["predictions"]])
     np.testing.assert_allclose(got, est.predict_proba(X), rtol=1e-5)  # type: ignore[attr-defined]
     assert r.json()["classes"] == ["setosa", "versicolor", "virginica"]
 
 
-def test_triton_client_works_unchanged(iris: tuple[str, object, np.ndarray]) -> None:
+def _triton_round_trip(url: str, est: object, X: np.ndarray) -> None:
     import tritonclient.http as th  # the dev extra installs it: a missing one fails
 
-    url, est, X = iris
     want = est.predict_proba(X)  # type: ignore[attr-defined]
     client = th.InferenceServerClient(url.removeprefix("http://"))
-    assert client.is_server_live() and client.is_model_ready("iris")
-    assert client.get_model_metadata("iris")["inputs"][0]["shape"] == [-1, 4]
-    for binary in (True, False):  # the binary tensor extension, and plain JSON
+    # Straight to the replica the secret is needed; the gateway adds its own (and drops ours).
+    assert client.is_server_live() and client.is_model_ready("iris", headers=AUTH)
+    assert client.get_model_metadata("iris", headers=AUTH)["inputs"][0]["shape"] == [-1, 4]
+    # binary in and out (the client's default), binary in with JSON out, plain JSON
+    for binary_in, binary_out in ((True, True), (True, False), (False, False)):
         inp = th.InferInput("input", list(X.shape), "FP32")
-        inp.set_data_from_numpy(X, binary_data=binary)
-        outs = [th.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "label")]
-        res = client.infer("iris", [inp], outputs=outs, request_id="t-1")
+        inp.set_data_from_numpy(X, binary_data=binary_in)
+        outs = [th.InferRequestedOutput(n, binary_data=binary_out)
+                for n in ("probabilities", "label")]
+        # a copy: the client adds Inference-Header-Content-Length to the dict it is given
+        res = client.infer("iris", [inp], outputs=outs, request_id="t-1", headers=dict(AUTH))
         np.testing.assert_allclose(res.as_numpy("probabilities"), want, rtol=1e-5)
         labels = [v.decode() if isinstance(v, bytes) else v for v in res.as_numpy("label")]
         assert labels == [["setosa", "versicolor", "virginica"][i] for i in want.argmax(1)]
@@ -337,10 +370,43 @@ def test_triton_client_works_unchanged(iris: tuple[str, object, np.ndarray]) -> 
     client.close()
 
 
+def test_triton_client_works_unchanged(iris: tuple[str, object, np.ndarray]) -> None:
+    url, est, X = iris
+    _triton_round_trip(url, est, X)
+
+
+def test_triton_client_works_through_the_gateway(
+    home: tuple[Settings, Path], iris: tuple[str, object, np.ndarray],
+) -> None:
+    # The gateway forwards bytes; the binary mode needs Inference-Header-Content-Length
+    # carried both ways.
+    settings, tmp = home
+    url, est, X = iris
+    with gateway(settings, [url], tmp / "gw-triton.log") as (gw, _):
+        _triton_round_trip(gw, est, X)
+
+
 def test_a_model_that_cannot_load_exits_with_the_reason(home: tuple[Settings, Path]) -> None:
     settings, _ = home
     proc = subprocess.run(
         [sys.executable, "-m", "stratum.serve", "--model", "ghost@3", "--port", str(free_port())],
-        env={**os.environ, **settings.child_env()}, capture_output=True, text=True, timeout=60)
+        env={**os.environ, **settings.child_env(), REPLICA_SECRET_ENV: REPLICA_SECRET},
+        capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "ghost@3 does not exist" in proc.stderr
+
+
+def test_a_replica_without_a_secret_is_an_explicit_choice(home: tuple[Settings, Path]) -> None:
+    settings, _ = home
+    env = {k: v for k, v in os.environ.items() if k != REPLICA_SECRET_ENV}
+    args = [sys.executable, "-m", "stratum.serve", "--model", "ghost@3", "--port",
+            str(free_port())]
+    refused = subprocess.run(args, env={**env, **settings.child_env()}, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "no replica secret" in refused.stderr
+    assert REPLICA_SECRET_ENV in refused.stderr and "--insecure" in refused.stderr
+    # --insecure goes on (here to the missing model) after a loud warning
+    open_ = subprocess.run([*args, "--insecure"], env={**env, **settings.child_env()},
+                           capture_output=True, text=True, timeout=60)
+    assert open_.returncode == 2 and "ghost@3 does not exist" in open_.stderr
+    assert "WARNING" in open_.stderr and "INSECURE" in open_.stderr

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import orjson
 import pytest
 
 from stratum.control.routing import compute_routes
 from stratum.control.spec import DeploymentSpec, build_spec, parse_canary, rolled_back
 from stratum.errors import ConfigError, ConflictError, NotFoundError
+from stratum.gateway.traffic import RouteTable
 from stratum.store import Store
 from tests.integration.gateway_fixtures import register_tiny
 
@@ -20,6 +22,7 @@ class R:
     version: int
     state: str = "ready"
     started: float = 0.0
+    secret: str = ""
 
     @property
     def url(self) -> str:
@@ -46,6 +49,21 @@ def test_nothing_ready_means_no_routes_and_starting_replicas_never_serve() -> No
     # after a crash the survivors keep serving while the replacement starts
     routes, _, serving = compute_routes("m", spec(), [R("1", 2), R("2", 2, state="starting")])
     assert routes is not None and serving == {"1"}
+
+
+def test_routes_carry_the_secret_of_each_serving_replica_and_never_show_it() -> None:
+    a, b = "a" * 43, "b" * 43  # two generations: a rolling update between them
+    reps = [R("1", 1, secret=a), R("2", 2, secret=b), R("3", 2, state="starting", secret=b)]
+    routes, _, serving = compute_routes("m", spec(replicas=1), reps)
+    assert routes is not None and serving == {"2"}
+    assert routes.secrets == {reps[1].url: b}
+    routes, _, _ = compute_routes("m", spec(replicas=2), reps)  # v2 not fully up: v1 serves
+    assert routes is not None and routes.secrets == {reps[0].url: a}
+    table = RouteTable(routes, "round_robin", {})
+    shown = orjson.dumps(table.describe())
+    assert a.encode() not in shown and table.describe()["routes"]["secrets"] == {  # type: ignore[index]
+        reps[0].url: "***"}
+    assert a.encode() in table.upstreams[reps[0].url]._fixed  # sent to the replica
 
 
 def test_canary_and_shadow_groups() -> None:

@@ -152,14 +152,28 @@ def test_gateway_errors_are_json_4xx_or_503(settings: Settings) -> None:
 
 
 def test_routes_are_installed_over_http(settings: Settings) -> None:
-    gw = Gateway(settings, static_routes(["http://127.0.0.1:9001"]))
+    gw = Gateway(settings, static_routes(["http://127.0.0.1:9001"]), admin_token="t0k")
+    secret = "s3cret-" * 6
     body = RoutesSpec(deployments={"m": PoolSpec(groups=[
-        GroupSpec(version=4, replicas=["http://127.0.0.1:9002"])])}).model_dump_json()
-    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=body))
+        GroupSpec(version=4, replicas=["http://127.0.0.1:9002"])])},
+        secrets={"http://127.0.0.1:9002": secret}).model_dump_json()
+    # Without a store there are no admin keys to check: the token or nothing, auth on or off.
+    for headers in ({}, {"x-stratum-admin-token": "nope"}):
+        r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=body, headers=headers))
+        assert r.status_code == 401, r.text
+    admin = {"x-stratum-admin-token": "t0k"}
+    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=body, headers=admin))
     assert r.status_code == 200 and list(r.json()["replicas"]) == ["http://127.0.0.1:9002"]
     assert gw.table.pool("m") is not None and gw.table.wildcard is None
-    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=b'{"deployments": 3}'))
+    for path in ("/admin/routes", "/admin/info"):  # what is shown never holds a secret
+        r = asyncio.run(_call(gw, "GET", path, headers=admin))
+        assert r.status_code == 200 and secret not in r.text
+    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=b'{"deployments": 3}',
+                          headers=admin))
     assert r.status_code == 400
+    bad = b'{"secrets": {"http://127.0.0.1:9002": "short\\r\\nx: y"}}'
+    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=bad, headers=admin))
+    assert r.status_code == 400  # a secret could not smuggle a header into the request head
 
 
 def test_auth_on_the_gateway(settings: Settings, store: Store) -> None:
@@ -177,7 +191,32 @@ def test_auth_on_the_gateway(settings: Settings, store: Store) -> None:
                              headers={"x-stratum-admin-token": "t0k"})).status_code == 200
     assert asyncio.run(_call(gw, "GET", "/admin/routes",
                              headers={"x-stratum-admin-token": "nope"})).status_code == 401
+    assert asyncio.run(_call(gw, "GET", "/admin/routes",
+                             headers={"x-api-key": key})).status_code == 403
     assert asyncio.run(_call(gw, "GET", "/v2/health/live")).status_code == 200
+
+
+def test_admin_routes_need_a_credential_with_auth_off(settings: Settings, store: Store) -> None:
+    admin, admin_id = generate_key()
+    store.meta.add_api_key(admin_id, "ops", hash_key(admin), ["admin"])
+    predict, predict_id = generate_key()
+    store.meta.add_api_key(predict_id, "alice", hash_key(predict), ["predict"])
+    assert not settings.gateway.require_auth
+    gw = Gateway(settings, RoutesSpec(), meta=store.meta, admin_token="t0k")
+    assert asyncio.run(_call(gw, "POST", "/v1/models/m:predict")).status_code == 404  # open
+    for path in ("/admin/routes", "/admin/info"):
+        assert asyncio.run(_call(gw, "GET", path)).status_code == 401
+        assert asyncio.run(_call(gw, "GET", path, headers={"x-api-key": predict})
+                           ).status_code == 403
+        assert asyncio.run(_call(gw, "GET", path, headers={"x-api-key": admin})
+                           ).status_code == 200
+    r = asyncio.run(_call(gw, "PUT", "/admin/routes", content=b"{}",
+                          headers={"authorization": f"Bearer {admin}"}))
+    assert r.status_code == 200
+    # A replica's admin routes are never reached through the gateway, even by an admin.
+    gw.install(static_routes([f"http://127.0.0.1:{free_port()}"], "s" * 20))
+    r = asyncio.run(_call(gw, "POST", "/admin/drain", headers={"x-api-key": admin}))
+    assert r.status_code == 404
 
 
 def test_key_checker_caches_and_sees_revocation(store: Store) -> None:

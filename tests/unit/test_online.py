@@ -9,6 +9,7 @@ import pytest
 
 from stratum.errors import BadRequestError, NotFoundError, SignatureError
 from stratum.online.gate import decide
+from stratum.online.record import Challenger, keep
 from stratum.queue import open_queue
 from stratum.serve.capture import InputCapture
 from stratum.serve.feedback import FeedbackIntake, FeedbackItem, check_labels, parse_feedback
@@ -106,3 +107,56 @@ def test_capture_respects_sampling(store: Store) -> None:
     capture = InputCapture(RequestLog(store.meta, sample_rate=0.0), "m")
     capture.add("r1", 1, [[1.0]], None)
     assert capture.buffered == 0 and capture.flush() == 0
+
+
+def _challenger(store: Store) -> Challenger:
+    import torch
+
+    from stratum.models import build_model
+    from stratum.store import ModelSpec, register_model
+
+    torch.manual_seed(0)
+    net = build_model("mlp", [4], 3, hidden=[8])
+    spec = ModelSpec(architecture="mlp", params={"hidden": [8]}, input_shape=[4],
+                     classes=[0, 1, 2])
+    champ = register_model(store.meta, store.artifacts, "m", spec, weights=net.state_dict())
+    return Challenger("m", spec, champ.version, {"weights": net.state_dict()}, None, None,
+                      {"trigger": "batch", "feedback_rows": 40})
+
+
+@pytest.mark.parametrize("promote", [False, True])
+def test_every_challenger_is_a_run_and_only_a_winner_a_version(store: Store,
+                                                               promote: bool) -> None:
+    c = _challenger(store)
+    wins = np.array([False] * 10 + [True] * 40)
+    # The challenger gets 40 more rows right; promoted only if it keeps the holdout too.
+    d = decide(np.zeros(50, bool), wins, champion_holdout=0.9,
+               challenger_holdout=0.95 if promote else 0.5)
+    assert d.promote is promote
+    kept = keep(store, c, d)
+    versions = [mv.version for mv in store.meta.model_versions("m")]
+    run = store.meta.run(kept.run_id)
+    assert run.strategy == "online" and run.status == "completed"
+    assert run.config == {"parent_version": 1, "trigger": "batch", "feedback_rows": 40}
+    assert run.summary["outcome"] == ("promoted" if promote else "rejected")
+    assert run.summary["decision"]["promote"] is promote
+    assert {m.key: m.value for m in store.meta.metrics(kept.run_id)}["holdout_accuracy"] \
+        == pytest.approx(d.challenger_holdout)
+    if promote:
+        assert kept.version == 2 and versions == [1, 2]
+        mv = store.meta.model_version("m", 2)
+        assert mv.run_id == kept.run_id and run.summary["version"] == 2
+    else:  # a rejected challenger stays a run record, not a version
+        assert kept.version is None and versions == [1] and run.summary["version"] is None
+
+
+def test_register_rejected_keeps_the_old_behaviour(store: Store) -> None:
+    c = _challenger(store)
+    d = decide(np.ones(50, bool), np.zeros(50, bool), champion_holdout=0.9,
+               challenger_holdout=0.5)
+    kept = keep(store, c, d, register_rejected=True)
+    assert not d.promote and kept.version == 2
+    assert store.meta.aliases("m")["candidate"] == 2
+    assert store.meta.run(kept.run_id).summary["outcome"] == "rejected"
+    # `stratum train --resume` never picks a learner's run as a training run to continue
+    assert store.meta.runs("m", exclude_strategies=("online",)) == []

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from stratum.config import load_settings
-from stratum.errors import DataError
-from stratum.security.masking import mask
+from stratum.errors import ConfigError, DataError
+from stratum.security.masking import mask, mask_value
 from stratum.store import MetadataStore
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
@@ -114,3 +116,111 @@ def test_from_settings(tmp_path: Path) -> None:
     log = RequestLog.from_settings(s, meta)
     assert log.sample_rate == 0.5 and log.pii_columns == {"a"}
     meta.close()
+
+
+# -- what the replica captures, in every input form, stored masked --------------------------
+FEATURES = ["age", "ssn", "income"]
+ROWS = [[41, 1234567, 5.5], [37, 7654321, 1.25]]  # exact in FP32 too
+
+
+def _oip(binary: bool, per_feature: bool) -> list[Any]:
+    """The inputs a replica captures for one OIP request (``decode_request`` then
+    ``instances_of``, exactly as ``routes.infer`` does)."""
+    from stratum.serve.oip import decode_request, instances_of
+
+    arr = np.array(ROWS, np.float32)
+    tensors = ([(f, arr[:, [j]]) for j, f in enumerate(FEATURES)] if per_feature
+               else [("input", arr)])
+    items, blobs = [], b""
+    for name, t in tensors:
+        item: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(t.shape)}
+        if binary:
+            item["parameters"] = {"binary_data_size": t.nbytes}
+            blobs += np.ascontiguousarray(t).tobytes()
+        else:
+            item["data"] = t.tolist()
+        items.append(item)
+    head = orjson.dumps({"inputs": items})
+    req = decode_request(head + blobs, len(head) if binary else None)
+    return instances_of(req.inputs)
+
+
+FORMS: dict[str, Callable[[], Any]] = {
+    "v1 rows": lambda: [list(r) for r in ROWS],
+    "v1 objects": lambda: [dict(zip(FEATURES, r, strict=True)) for r in ROWS],
+    "oip json, one tensor": lambda: _oip(False, False),
+    "oip json, tensor per feature": lambda: _oip(False, True),
+    "oip binary, one tensor": lambda: _oip(True, False),
+    "oip binary, tensor per feature": lambda: _oip(True, True),
+}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+@pytest.mark.parametrize("key", [None, b"0123456789abcdef"])
+def test_every_input_form_is_stored_with_its_pii_column_masked(
+    tmp_path: Path, form: str, key: bytes | None,
+) -> None:
+    from stratum.serve.capture import InputCapture
+
+    meta = MetadataStore.open(f"sqlite:///{tmp_path / 'meta.db'}")
+    log = RequestLog(meta, pii_columns=["ssn"], mask_key=key)
+    capture = InputCapture(log, "m", feature_names=FEATURES)
+    capture.add("r1", 1, FORMS[form](), {"classes": [0, 1]})
+    assert capture.flush() == 1
+    stored = log.get("r1")
+    assert stored is not None
+    rows = [list(r.values()) if isinstance(r, dict) else r for r in stored.instances]
+    assert [[r[0], r[2]] for r in rows] == [[41, 5.5], [37, 1.25]]  # the rest as served
+    ssn = [r[1] for r in rows]
+    text = orjson.dumps(stored.inputs).decode()
+    assert "1234567" not in text and "7654321" not in text, text
+    if key is None:
+        assert ssn == ["***", "***"]
+    else:  # keyed: the same value masks the same way in every form, so joins still work
+        want = [mask_value(v, key) for v in (1234567, 7654321)]
+        assert ssn == want and want[0].startswith("masked:") and want[0] != want[1]
+    meta.close()
+
+
+def test_the_keyed_mode_is_reachable_from_settings(tmp_path: Path) -> None:
+    s = load_settings(home=tmp_path, online={"log_pii_columns": ["ssn"],
+                                             "log_pii_key_file": "pii.key"})
+    meta = MetadataStore.open(s.metadata_url or "")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        RequestLog.from_settings(s, meta)
+    (tmp_path / "pii.key").write_text("short\n")
+    with pytest.raises(ConfigError, match="16 or more"):
+        RequestLog.from_settings(s, meta)
+    (tmp_path / "pii.key").write_text("k" * 32 + "\n")
+    (tmp_path / "pii.key").chmod(0o600)
+    log = RequestLog.from_settings(s, meta)
+    assert log.mask_key == b"k" * 32
+    log.log("r", "m", 1, [{"ssn": 7}], None)
+    assert log.get("r").inputs == [{"ssn": mask_value(7, b"k" * 32)}]  # type: ignore[union-attr]
+    meta.close()
+
+
+def test_the_log_stays_within_its_row_bound(meta: MetadataStore) -> None:
+    log = RequestLog(meta, max_rows=50)
+    t0 = utcnow() - timedelta(seconds=600)
+    sizes = []
+    for b in range(40):  # 280 rows, oldest first, in batches of 7
+        log.log_many(LoggedRequest(f"q{b}-{i}", "m", 1, [[b, i]], None,
+                                   t0 + timedelta(seconds=b * 7 + i)) for i in range(7))
+        sizes.append(_count(meta))
+    assert max(sizes) <= 50 + log.prune_every + 7  # pruned every tenth of the bound
+    log.prune()
+    assert _count(meta) == 50
+    kept = log.get_many([f"q{b}-{i}" for b in range(40) for i in range(7)])
+    assert set(kept) == {f"q{b}-{i}" for b in range(40) for i in range(7)
+                         if b * 7 + i >= 280 - 50}  # the newest stay
+    assert RequestLog(meta, max_rows=None).prune_every == 0  # explicit: no bound but age
+
+
+def _count(meta: MetadataStore) -> int:
+    from sqlalchemy import func, select
+
+    from stratum.store.models import RequestRecord
+
+    with meta.session() as s:
+        return int(s.scalar(select(func.count()).select_from(RequestRecord)) or 0)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stratum.errors import NonFiniteOutputError
 from stratum.serve.batcher import Batcher
 
 
@@ -133,3 +134,28 @@ def test_the_wait_for_company_is_paid_only_when_requests_come_together() -> None
 async def _later(coro, delay: float):  # type: ignore[no-untyped-def]
     await asyncio.sleep(delay)
     return await coro
+
+
+def test_non_finite_outputs_fail_only_their_own_request_with_a_422() -> None:
+    """One check per batch; a request whose rows came back NaN gets a 422 naming its own
+    instance indices, and the requests sharing its forward pass are served."""
+    async def main() -> list[object]:
+        def fwd(x: np.ndarray) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):
+                z = x * np.float32(1e30)  # 1e9 → inf in FP32
+                return np.stack([z[:, 0] - z[:, 0], x[:, 0]], axis=1)  # inf - inf = NaN
+
+        b = Batcher(fwd, max_batch_size=16, max_wait_ms=0.0)
+        b.start()
+        xs = [np.array([[1.0], [2.0]], np.float32), np.array([[3.0], [1e9], [1e9]], np.float32),
+              np.array([[4.0]], np.float32)]
+        res = await asyncio.gather(*(b.submit(x) for x in xs), return_exceptions=True)
+        await b.close()
+        return res
+
+    res = asyncio.run(main())
+    assert isinstance(res[1], NonFiniteOutputError) and res[1].http_status == 422
+    assert "non-finite outputs for instance(s) [1, 2]" in str(res[1])
+    for ok, first in ((res[0], [1.0, 2.0]), (res[2], [4.0])):
+        assert isinstance(ok, np.ndarray) and np.isfinite(ok).all()
+        np.testing.assert_array_equal(ok[:, 1], first)

@@ -93,3 +93,44 @@ def test_preprocessing_runs_on_lists_and_named_features() -> None:
         sig.from_instances([dict(zip(FEATURES, [1, 2, 3, 4], strict=True))]), [[2, 4, 6, 8]])
     with pytest.raises(SignatureError, match="preprocessing rejected"):
         sig.from_columns({f: ["x"] for f in FEATURES})
+
+
+@pytest.mark.parametrize(
+    ("instances", "words"),
+    [  # 1e40 is a fine float64 and an infinite FP32: the cast would feed the model inf
+        ([[5.1, 3.5, 1.4, 0.2], [1.0, 1e40, 1.0, 1.0]], ["instance(s) [1]", "'sepal_width'"]),
+        ([dict.fromkeys(FEATURES, -1e39)], ["instance(s) [0]", "'petal_width'", "FP32"]),
+    ],
+)
+def test_inputs_beyond_fp32_are_a_422_naming_instance_and_feature(
+    instances: object, words: list[str],
+) -> None:
+    with pytest.raises(SignatureError) as info:
+        tabular().from_instances(instances)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_nan_and_infinity_in_a_tensor_are_refused_by_row_and_feature() -> None:
+    x = np.ones((3, 4), np.float32)
+    x[0, 1], x[2, 3] = np.nan, np.inf
+    with pytest.raises(SignatureError, match=r"instance\(s\) \[0, 2\].*'sepal_width', "
+                                             r"'petal_width'"):
+        tabular().from_array(x, "input 'input'")
+    with pytest.raises(SignatureError, match=r"instance\(s\) \[1\]"):
+        image().from_array(np.stack([np.zeros(64), np.full(64, np.inf)]), "input")
+    assert tabular().from_array(np.full((1, 4), 3e38), "input").dtype == np.float32
+
+
+def test_with_a_pipeline_a_missing_value_is_imputed_but_an_overflow_is_named() -> None:
+    class _Impute(_Scale):
+        def transform_matrix(self, X: np.ndarray) -> np.ndarray:
+            return np.nan_to_num(np.asarray(X, dtype=np.float64), nan=0.0) * 2
+
+    spec = ModelSpec(architecture="mlp", input_shape=[4], feature_names=FEATURES, classes=[0, 1])
+    sig = Signature.from_spec(spec, _Impute())
+    np.testing.assert_array_equal(sig.from_array(np.array([[1, np.nan, 3, 4]]), "input"),
+                                  [[2, 0, 6, 8]])
+    with pytest.raises(SignatureError, match=r"instance\(s\) \[0\], feature\(s\) "
+                                             r"\['petal_length'\]"):
+        sig.from_columns({f: [1e39 if f == "petal_length" else 1.0] for f in FEATURES})

@@ -72,6 +72,13 @@ def test_runs_and_metrics(meta: MetadataStore) -> None:
         meta.finish_run("missing", "done")
 
 
+def test_metrics_that_could_not_be_computed_are_left_out(meta: MetadataStore) -> None:
+    run = meta.start_run("m", strategy="online", config={})
+    meta.log_metrics(run.id, {"recent_accuracy": float("nan"), "holdout_accuracy": 0.9,
+                              "gap": float("inf")}, step=0)
+    assert [(m.key, m.value) for m in meta.metrics(run.id)] == [("holdout_accuracy", 0.9)]
+
+
 def test_model_versions_and_aliases(meta: MetadataStore) -> None:
     assert meta.next_model_version("m") == 1
     v1 = meta.add_model_version("m", version=1, artifact_path="models/m/1", spec={"a": 1},
