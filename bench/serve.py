@@ -9,6 +9,7 @@ the median of N wrk runs.
 
     .venv/bin/python bench/serve.py                 # both models, gateway if available
     .venv/bin/python bench/serve.py --models cnn --duration 5 --no-gateway
+    .venv/bin/python bench/serve.py --models cnn --auth   # + the gateway with API keys on
 
 Load comes from wrk (C, one thread, a Lua script that prints a JSON summary), so the load
 generator spends no Python time of its own: `apt-get install -y wrk`. Weights are
@@ -38,9 +39,16 @@ sys.path.insert(0, str(ROOT))
 
 from stratum.config import Settings, load_settings  # noqa: E402
 from stratum.models import build_model  # noqa: E402
+from stratum.security import generate_key, hash_key  # noqa: E402
 from stratum.security.tokens import replica_secret  # noqa: E402
 from stratum.serve.runtime import load_runtime  # noqa: E402
-from stratum.store import ModelSpec, Store, load_model, register_model  # noqa: E402
+from stratum.store import (  # noqa: E402
+    MetadataStore,
+    ModelSpec,
+    Store,
+    load_model,
+    register_model,
+)
 from tests.services import free_port, started  # noqa: E402
 
 MODELS = {  # bench name -> (registered name, architecture, input shape)
@@ -49,6 +57,8 @@ MODELS = {  # bench name -> (registered name, architecture, input shape)
 }
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 REPEAT = 1  # set from --repeat
+# A measured path: (env, model, body, lua, seconds, logs) -> {connections: figures}
+Path_fn = Callable[..., dict[int, dict[str, float]]]
 
 LUA = r"""
 wrk.method = "POST"
@@ -56,6 +66,8 @@ wrk.headers["Content-Type"] = "application/json"
 local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
 local secret = os.getenv("BENCH_SECRET")  -- straight to a replica: its deployment secret
 if secret and secret ~= "" then wrk.headers["x-stratum-replica-secret"] = secret end
+local key = os.getenv("BENCH_KEY")  -- through a gateway with gateway.require_auth on
+if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
 done = function(s, latency, requests)
   local e = s.errors
   io.write(string.format(
@@ -126,11 +138,11 @@ def body_file(tmp: Path, name: str, shape: list[int]) -> Path:
 
 
 def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float,
-        secret: str = "") -> dict[str, float]:
+        secret: str = "", key: str = "") -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
            "-s", str(lua), url]
     res = subprocess.run(cmd, env={**os.environ, "BENCH_BODY": str(body),
-                                   "BENCH_SECRET": secret},
+                                   "BENCH_SECRET": secret, "BENCH_KEY": key},
                          capture_output=True, text=True, check=True)
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("BENCH "))
     s = json.loads(line[6:])
@@ -139,11 +151,11 @@ def wrk(url: str, body: Path, lua: Path, conns: int, seconds: float,
 
 
 def measure(url: str, body: Path, lua: Path, seconds: float,
-            secret: str = "") -> dict[int, dict[str, float]]:
-    wrk(url, body, lua, 64, 2, secret)  # warm: connections, allocator, branch predictors
+            secret: str = "", key: str = "") -> dict[int, dict[str, float]]:
+    wrk(url, body, lua, 64, 2, secret, key)  # warm: connections, allocator, branch predictors
     out = {}
     for c in (1, 64):
-        runs = sorted((wrk(url, body, lua, c, seconds, secret) for _ in range(REPEAT)),
+        runs = sorted((wrk(url, body, lua, c, seconds, secret, key) for _ in range(REPEAT)),
                       key=lambda r: r["rps"])
         out[c] = runs[len(runs) // 2]  # the median run by req/s, with its own latencies
     return out
@@ -164,7 +176,9 @@ def run_replica(env: dict[str, str], model: str, body: Path, lua: Path, seconds:
 
 
 def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
-                logs: Path) -> dict[int, dict[str, float]]:
+                logs: Path, key: str = "") -> dict[int, dict[str, float]]:
+    """Two replicas behind a static gateway; with ``key``, ``env`` turns the gateway's
+    ``require_auth`` on and every request carries the key."""
     ports = [free_port(), free_port()]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     with started(replica_cmd(model, ports[0]), ready_url=urls[0] + "/v2/health/ready",
@@ -178,7 +192,25 @@ def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds:
         gbase = f"http://127.0.0.1:{gport}"
         with started(cmd, ready_url=gbase + "/v2/health/ready", env=env,
                      log=logs / f"gateway-{model}.log"):
-            return measure(f"{gbase}/v2/models/{model}/infer", body, lua, seconds)
+            return measure(f"{gbase}/v2/models/{model}/infer", body, lua, seconds, key=key)
+
+
+def auth_paths(settings: Settings, env: dict[str, str]) -> list[tuple[str, Path_fn]]:
+    """The gateway path again with API keys on: a predict key registered in the bench's
+    store, ``gateway.require_auth`` set for the processes, the key on every request."""
+    key, key_id = generate_key()
+    meta = MetadataStore.open(str(settings.metadata_url))
+    meta.add_api_key(key_id, "bench", hash_key(key), ["predict"])
+    meta.close()
+    on = settings.model_copy(update={
+        "gateway": settings.gateway.model_copy(update={"require_auth": True})})
+    keyed_env = {**env, **on.child_env()}
+
+    def keyed(_env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
+              logs: Path) -> dict[int, dict[str, float]]:
+        return run_gateway(keyed_env, model, body, lua, seconds, logs, key=key)
+
+    return [("gateway+2 keys", keyed)]
 
 
 def main() -> int:
@@ -193,6 +225,8 @@ def main() -> int:
     ap.add_argument("--max-wait-ms", type=float, default=None, help="serve.max_wait_ms")
     ap.add_argument("--repeat", type=int, default=1, help="median of N runs per figure")
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
+    ap.add_argument("--auth", action="store_true",
+                    help="also measure the gateway with gateway.require_auth on and a key")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
@@ -211,6 +245,7 @@ def main() -> int:
            "STRATUM_REPLICA_SECRET": replica_secret()}
     lua = tmp / "post.lua"
     lua.write_text(LUA)
+    keyed = auth_paths(settings, env) if args.auth and gateway else []
     results: dict[str, dict[str, object]] = {}
     for key in args.models.split(","):
         model, arch, shape = MODELS[key]
@@ -224,6 +259,7 @@ def main() -> int:
         body = body_file(tmp, model, shape)
         rows: dict[str, object] = {"limit": best, "limit_by_batch": limits}
         paths = [("replica", run_replica)] + ([("gateway+2", run_gateway)] if gateway else [])
+        paths += keyed
         for label, fn in paths:
             res = fn(env, model, body, lua, args.duration, tmp)
             rows[label] = res
@@ -254,7 +290,7 @@ def table(results: dict[str, dict[str, object]]) -> str:
                      f"samples/s | | | 1.00 | {raw / rt:.2f} |")
         lines.append(f"| {key} | in-process replica's forward (runtime) | - | {rt:,.0f} "
                      f"samples/s | | | {rt / raw:.2f} | 1.00 |")
-        for label in ("replica", "gateway+2"):
+        for label in ("replica", "gateway+2", "gateway+2 keys"):
             res = rows.get(label)
             if not isinstance(res, dict):
                 continue
