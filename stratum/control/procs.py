@@ -1,7 +1,8 @@
 """Local processes the supervisor runs (replicas, gateways): start, check, stop.
 
-A ``Proc`` is either our child (a Popen) or a process adopted from a previous control
-plane (only a pid); both answer ``alive()`` the same way.
+A ``Proc`` is our child (a Popen), or a bare pid — the seam for adopting the processes of
+a previous control plane, which the supervisor does not do yet (issue 13); both answer
+``alive()`` the same way.
 """
 
 from __future__ import annotations
