@@ -13,6 +13,7 @@ starts and makes a predict+feedback key in ``{home}/client.key`` (0600, reused b
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -60,6 +61,9 @@ def up(
     """Run the whole loop on embedded defaults; prints the URLs and a curl example."""
     c = get_ctx(ctx)
     name = "mnist"
+    # SIGTERM is a stop request like Ctrl-C: the same clean-up below runs for both, so
+    # nothing this command started (learner, deployment, control plane) is left behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if not no_auth:  # handed to every process started from here
         c.settings = c.settings.model_copy(update={"gateway": c.settings.gateway.model_copy(
             update={"require_auth": True})})
@@ -69,17 +73,19 @@ def up(
     key = None if no_auth else ensure_key_file(key_file, c.store.meta, "stratum-up",
                                                ["feedback", "predict"])
     client = ControlClient(c.settings)
-    dep = client.deploy(model=f"{name}@production", replicas=replicas, port=port, follow=True)
-    dep = _wait(client, dep, 300.0, quiet=False)
-    _print(dep, False, "deployed")
-    learner = _start_learner(c, name)
-    gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
-        f"http://127.0.0.1:{port}"
-    if key is not None:
-        _check_auth_is_on(gateway, name)
-    _print_usage(c, name, gateway, key_file if key is not None else None)
     stop = threading.Event()
+    learner: subprocess.Popen[bytes] | None = None
     try:
+        dep = client.deploy(model=f"{name}@production", replicas=replicas, port=port,
+                            follow=True)
+        dep = _wait(client, dep, 300.0, quiet=False)
+        _print(dep, False, "deployed")
+        learner = _start_learner(c, name)
+        gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
+            f"http://127.0.0.1:{port}"
+        if key is not None:
+            _check_auth_is_on(gateway, name)
+        _print_usage(c, name, gateway, key_file if key is not None else None)
         if demo:
             _demo(c, name, gateway, requests, rotate_after, stop,
                   {"authorization": f"Bearer {key}"} if key is not None else {})
@@ -92,7 +98,8 @@ def up(
         console.print("\nstopping …")
     finally:
         stop.set()
-        _stop(learner)
+        if learner is not None:
+            _stop(learner)
         try:
             client.call("DELETE", f"/deployments/{name}", start=False)
         except Exception as exc:  # the control plane may already be gone
@@ -144,8 +151,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _stop_control(c: CliContext) -> None:
-    import signal
-
     from stratum.control.discovery import read_record
 
     rec = read_record(c.settings)
