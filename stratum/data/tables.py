@@ -4,7 +4,6 @@ that turn image arrays into such a table."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -73,10 +72,4 @@ def image_table(images: np.ndarray, labels: np.ndarray, shape: list[int], where:
                                             features=[feature]))
 
 
-def square_side(size: int) -> int:
-    side = math.isqrt(size)
-    return side if side * side == size else 0
-
-
-__all__ = ["SAMPLE_BYTES", "Source", "TableSource", "image_column", "image_table",
-           "square_side"]
+__all__ = ["SAMPLE_BYTES", "Source", "TableSource", "image_column", "image_table"]
