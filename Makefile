@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test test-fast lint bench clean
+.PHONY: install up test test-fast lint bench chaos clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ lint: install
 	$(VENV)/bin/ruff check stratum tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# Fault scenarios against a running deployment (default: the mnist that `make up` serves),
+# e.g. make chaos CHAOS_NAME=digits CHAOS_ARGS="--scenarios replica-kill,gateway-kill".
+CHAOS_NAME ?= mnist
+CHAOS_ARGS ?=
+chaos: install
+	$(VENV)/bin/stratum chaos $(CHAOS_NAME) $(CHAOS_ARGS)
 
 bench: install
 	$(PY) bench/data.py

@@ -9,7 +9,8 @@ the median of N wrk runs.
 
     .venv/bin/python bench/serve.py                 # both models, gateway if available
     .venv/bin/python bench/serve.py --models cnn --duration 5 --no-gateway
-    .venv/bin/python bench/serve.py --models cnn --auth   # + the gateway with API keys on
+    .venv/bin/python bench/serve.py --models cnn --security --repeat 3
+        # + the gateway four ways: auth off, keys, keys + TLS, keys + TLS + mTLS to replicas
 
 Load comes from wrk (C, one thread, a Lua script that prints a JSON summary), so the load
 generator spends no Python time of its own: `apt-get install -y wrk`. Weights are
@@ -28,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +40,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stratum.config import Settings, load_settings  # noqa: E402
+from stratum.config import (  # noqa: E402
+    ClientTlsSettings,
+    Settings,
+    TlsSettings,
+    load_settings,
+)
 from stratum.models import build_model  # noqa: E402
 from stratum.security import generate_key, hash_key  # noqa: E402
+from stratum.security.certs import make_tls  # noqa: E402
+from stratum.security.tls import client_context  # noqa: E402
 from stratum.security.tokens import replica_secret  # noqa: E402
 from stratum.serve.runtime import load_runtime  # noqa: E402
 from stratum.store import (  # noqa: E402
@@ -175,42 +185,86 @@ def run_replica(env: dict[str, str], model: str, body: Path, lua: Path, seconds:
                        env["STRATUM_REPLICA_SECRET"])
 
 
-def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
-                logs: Path, key: str = "") -> dict[int, dict[str, float]]:
-    """Two replicas behind a static gateway; with ``key``, ``env`` turns the gateway's
-    ``require_auth`` on and every request carries the key."""
+@contextmanager
+def gateway_stack(env: dict[str, str], model: str, logs: Path, tag: str = "",
+                  settings: Settings | None = None) -> Iterator[str]:
+    """Two replicas behind a static gateway; yields the gateway's base URL. ``settings``
+    (else the bench's, in ``env``) decides auth and TLS: https replicas under
+    ``serve.tls``, an https gateway under ``gateway.tls``."""
+    rscheme = gscheme = "http"
+    probe: Any = True
+    if settings is not None:
+        env = {**env, **settings.child_env()}
+        rscheme, gscheme = settings.serve.tls.scheme, settings.gateway.tls.scheme
+        probe = client_context(settings.client_tls)
     ports = [free_port(), free_port()]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
-    with started(replica_cmd(model, ports[0]), ready_url=urls[0] + "/v2/health/ready",
-                 env=env, log=logs / f"r0-{model}.log"), \
-         started(replica_cmd(model, ports[1]), ready_url=urls[1] + "/v2/health/ready",
-                 env=env, log=logs / f"r1-{model}.log"):
+    urls = [f"{rscheme}://127.0.0.1:{p}" for p in ports]
+    with ExitStack() as stack:
+        for i, (port, url) in enumerate(zip(ports, urls, strict=True)):
+            stack.enter_context(started(
+                replica_cmd(model, port), ready_url=url + "/v2/health/ready", env=env,
+                log=logs / f"r{i}-{model}{tag}.log", verify=probe))
         gport = free_port()
         cmd = [sys.executable, "-m", "stratum.gateway", "--port", str(gport)]
         for u in urls:
             cmd += ["--replica", u]
-        gbase = f"http://127.0.0.1:{gport}"
-        with started(cmd, ready_url=gbase + "/v2/health/ready", env=env,
-                     log=logs / f"gateway-{model}.log"):
-            return measure(f"{gbase}/v2/models/{model}/infer", body, lua, seconds, key=key)
+        gbase = f"{gscheme}://127.0.0.1:{gport}"
+        stack.enter_context(started(cmd, ready_url=gbase + "/v2/health/ready", env=env,
+                                    log=logs / f"gateway-{model}{tag}.log", verify=probe))
+        yield gbase
 
 
-def auth_paths(settings: Settings, env: dict[str, str]) -> list[tuple[str, Path_fn]]:
-    """The gateway path again with API keys on: a predict key registered in the bench's
-    store, ``gateway.require_auth`` set for the processes, the key on every request."""
+def run_gateway(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
+                logs: Path) -> dict[int, dict[str, float]]:
+    with gateway_stack(env, model, logs) as gbase:
+        return measure(f"{gbase}/v2/models/{model}/infer", body, lua, seconds)
+
+
+def security_paths(settings: Settings, tmp: Path) -> tuple[str, list[tuple[str, Settings]]]:
+    """The gateway path four ways: auth off; API keys on (a predict key registered in the
+    bench's store, on every request); keys + TLS between clients and the gateway; keys +
+    TLS + mutual TLS between the gateway and its replicas. Returns the key and the paths."""
     key, key_id = generate_key()
     meta = MetadataStore.open(str(settings.metadata_url))
     meta.add_api_key(key_id, "bench", hash_key(key), ["predict"])
     meta.close()
-    on = settings.model_copy(update={
+    files = make_tls(tmp / "tls")
+    tls = files.settings(mutual=True)
+    keys = settings.model_copy(update={
         "gateway": settings.gateway.model_copy(update={"require_auth": True})})
-    keyed_env = {**env, **on.child_env()}
+    gateway_tls = TlsSettings(**tls["gateway"]["tls"])  # type: ignore[index]
+    with_tls = keys.model_copy(update={
+        "gateway": keys.gateway.model_copy(update={"tls": gateway_tls}),
+        "client_tls": ClientTlsSettings(ca_file=files.ca_cert)})
+    mutual = with_tls.model_copy(update={
+        "serve": with_tls.serve.model_copy(update={
+            "tls": TlsSettings(**tls["serve"]["tls"])}),  # type: ignore[index]
+        "client_tls": ClientTlsSettings(**tls["client_tls"])})  # type: ignore[arg-type]
+    return key, [("auth off", settings), ("keys", keys), ("keys + TLS", with_tls),
+                 ("keys + TLS + mTLS", mutual)]
 
-    def keyed(_env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
-              logs: Path) -> dict[int, dict[str, float]]:
-        return run_gateway(keyed_env, model, body, lua, seconds, logs, key=key)
 
-    return [("gateway+2 keys", keyed)]
+def run_security(env: dict[str, str], model: str, body: Path, lua: Path, seconds: float,
+                 logs: Path, settings: Settings) -> dict[str, dict[int, dict[str, float]]]:
+    """All four security paths up at once, measured in alternation (round r of every path,
+    then round r+1), so that a machine that slows down mid-run slows every path alike;
+    each figure is the median of ``REPEAT`` rounds."""
+    key, paths = security_paths(settings, logs)
+    with ExitStack() as stack:
+        urls = {label: stack.enter_context(gateway_stack(env, model, logs, f"-{i}", s))
+                for i, (label, s) in enumerate(paths)}
+        keys = {label: key if s.gateway.require_auth else "" for label, s in paths}
+        for label, url in urls.items():  # warm: connections, TLS sessions, allocator
+            wrk(f"{url}/v2/models/{model}/infer", body, lua, 64, 2, key=keys[label])
+        runs: dict[str, dict[int, list[dict[str, float]]]] = {
+            label: {1: [], 64: []} for label in urls}
+        for _ in range(REPEAT):
+            for c in (1, 64):
+                for label, url in urls.items():
+                    runs[label][c].append(wrk(f"{url}/v2/models/{model}/infer", body, lua, c,
+                                              seconds, key=keys[label]))
+    return {label: {c: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+                    for c, rs in by_c.items()} for label, by_c in runs.items()}
 
 
 def main() -> int:
@@ -225,8 +279,9 @@ def main() -> int:
     ap.add_argument("--max-wait-ms", type=float, default=None, help="serve.max_wait_ms")
     ap.add_argument("--repeat", type=int, default=1, help="median of N runs per figure")
     ap.add_argument("--json", type=Path, default=None, help="also write results here")
-    ap.add_argument("--auth", action="store_true",
-                    help="also measure the gateway with gateway.require_auth on and a key")
+    ap.add_argument("--security", action="store_true",
+                    help="also measure the gateway with auth off, keys on, TLS on and mTLS "
+                         "to replicas, in alternating rounds")
     args = ap.parse_args()
     global REPEAT
     REPEAT = args.repeat
@@ -245,7 +300,6 @@ def main() -> int:
            "STRATUM_REPLICA_SECRET": replica_secret()}
     lua = tmp / "post.lua"
     lua.write_text(LUA)
-    keyed = auth_paths(settings, env) if args.auth and gateway else []
     results: dict[str, dict[str, object]] = {}
     for key in args.models.split(","):
         model, arch, shape = MODELS[key]
@@ -259,7 +313,6 @@ def main() -> int:
         body = body_file(tmp, model, shape)
         rows: dict[str, object] = {"limit": best, "limit_by_batch": limits}
         paths = [("replica", run_replica)] + ([("gateway+2", run_gateway)] if gateway else [])
-        paths += keyed
         for label, fn in paths:
             res = fn(env, model, body, lua, args.duration, tmp)
             rows[label] = res
@@ -268,6 +321,10 @@ def main() -> int:
                       f"  p99 {r['p99_ms']:6.2f} ms  ratio {r['rps'] / best['raw']:.2f}"
                       f" / {r['rps'] / best['runtime']:.2f}"
                       f"  failed {r['failed']:.0f}", flush=True)
+        if args.security and gateway:
+            sec = run_security(env, model, body, lua, args.duration, tmp, settings)
+            rows["security"] = sec
+            print(security_table(key, sec), flush=True)
         if not gateway:
             print("  gateway: not measured (stratum.gateway is not available)")
         results[key] = rows
@@ -290,13 +347,27 @@ def table(results: dict[str, dict[str, object]]) -> str:
                      f"samples/s | | | 1.00 | {raw / rt:.2f} |")
         lines.append(f"| {key} | in-process replica's forward (runtime) | - | {rt:,.0f} "
                      f"samples/s | | | {rt / raw:.2f} | 1.00 |")
-        for label in ("replica", "gateway+2", "gateway+2 keys"):
+        for label in ("replica", "gateway+2"):
             res = rows.get(label)
             if not isinstance(res, dict):
                 continue
             for c, r in res.items():
                 lines.append(f"| {key} | {label} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
                              f"{r['p99_ms']:.2f} | {r['rps'] / raw:.2f} | {r['rps'] / rt:.2f} |")
+    return "\n".join(lines)
+
+
+def security_table(model: str, sec: dict[str, dict[int, dict[str, float]]]) -> str:
+    """What auth and TLS cost: each path against auth off, measured in the same rounds."""
+    base = sec["auth off"]
+    lines = [f"\n{model} through the gateway with 2 replicas: the cost of auth and TLS",
+             "| path | conc | req/s | p50 ms | p99 ms | req/s vs auth off | failed |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, res in sec.items():
+        for c, r in res.items():
+            lines.append(f"| {label} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
+                         f"{r['p99_ms']:.2f} | {r['rps'] / base[c]['rps']:.2f} | "
+                         f"{r['failed']:.0f} |")
     return "\n".join(lines)
 
 

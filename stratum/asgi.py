@@ -27,6 +27,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     request_id: str
+    client: tuple[str, int] | None = None  # the peer as the server saw it (ASGI's)
 
 
 @dataclass(slots=True)

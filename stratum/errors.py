@@ -25,8 +25,12 @@ raises from this one tree (HTTP status in brackets); no module defines its own:
     ├── RateLimitedError (429)
     ├── RequestTimeoutError (408)
     ├── ServingError (503)
+    │   ├── NoLeaderError (503)
+    │   ├── NoReplicaError (503)
+    │   ├── NotLeaderError (307)
     │   ├── NotReadyError (503)
     │   └── UpstreamError (502)
+    ├── StoreUnavailableError (503)
     ├── TrainingError (500)
     ├── UnsupportedMediaTypeError (415)
     └── UrlTooLongError (414)
@@ -198,6 +202,28 @@ class NotReadyError(ServingError):
     """The replica is draining or not loaded yet; a gateway should try another one."""
 
 
+class StoreUnavailableError(StratumError):
+    """The metadata database does not answer (restarting, unreachable); retry shortly."""
+
+    http_status = 503
+
+
+class NotLeaderError(ServingError):
+    """This control plane stands by; the answer's ``location`` names the leader."""
+
+    http_status = 307
+
+
+class NoLeaderError(ServingError):
+    """No control plane leads at the moment; one takes over within seconds."""
+
+
+class NoReplicaError(ServingError):
+    """A deployment scaled to zero got no ready replica while the gateway held the request
+    (``gateway.hold_timeout_s``), or too many requests already wait; retry after the
+    answer's ``retry-after``."""
+
+
 __all__ = [
     "AuthError",
     "BadRequestError",
@@ -208,8 +234,11 @@ __all__ = [
     "IntegrityError",
     "InvalidNameError",
     "MethodNotAllowedError",
+    "NoLeaderError",
+    "NoReplicaError",
     "NonFiniteOutputError",
     "NotFoundError",
+    "NotLeaderError",
     "NotReadyError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -218,6 +247,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServingError",
     "SignatureError",
+    "StoreUnavailableError",
     "StratumError",
     "TrainingError",
     "UnknownModelError",

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -40,14 +41,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              verify: Any = True) -> None:
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
         try:
-            r = httpx.get(url, timeout=2.0)
+            r = httpx.get(url, timeout=2.0, verify=verify)
             if r.status_code < 500:
                 return
             last = r.status_code
@@ -60,7 +62,7 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
 @contextmanager
 def started(
     args: Sequence[str], *, ready_url: str | None = None, env: dict[str, str] | None = None,
-    timeout: float = 60.0, log: Path | None = None,
+    timeout: float = 60.0, log: Path | None = None, verify: Any = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a real process (its own session), wait for ``ready_url``, always tear down."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
@@ -71,7 +73,7 @@ def started(
     try:
         if ready_url:
             try:
-                wait_http(ready_url, timeout, proc)
+                wait_http(ready_url, timeout, proc, verify)
             except (TimeoutError, RuntimeError) as exc:
                 tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
                 raise RuntimeError(f"{' '.join(args)} did not become ready: {exc}\n{tail}") from exc

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from stratum.cli import artifacts as artifact_cmds
+from stratum.cli import audit as audit_cmds
 from stratum.cli import data as data_cmds
 from stratum.cli import models as model_cmds
 from stratum.cli import status as status_cmds
@@ -41,10 +43,13 @@ def _root(
 
 app.add_typer(data_cmds.app, name="data", help="Ingest, list and inspect datasets.")
 app.add_typer(model_cmds.app, name="models", help="Registered model versions and aliases.")
+app.add_typer(artifact_cmds.app, name="artifacts",
+              help="Artifact encryption at rest: make a key, encrypt what is stored.")
 status_cmds.register(app)
+audit_cmds.register(app)
 
 # Later layers plug their commands in here; each module owns its commands.
-for _module in ("train", "serving", "online"):
+for _module in ("train", "compress", "serving", "online", "tls", "chaos"):
     try:
         __import__(f"stratum.cli.{_module}")
         sys.modules[f"stratum.cli.{_module}"].register(app)

@@ -7,6 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from stratum.cli.audit import record_local
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.store import parse_ref
 
@@ -60,6 +61,11 @@ def show(
         print_json(doc)
         return
     console.print(f"[bold]{mv.name}[/] v{mv.version}  aliases: {', '.join(aliases) or '-'}")
+    made = (mv.spec.get("lineage") or {}).get("compression")
+    if made:  # a version registered by `stratum compress`
+        console.print(f"made by: {made['pass']} {made.get('params', {})} from "
+                      f"v{mv.spec['lineage'].get('parent_version')} "
+                      f"(report: {mv.artifact_path}/{made.get('report')})", highlight=False)
     console.print_json(data=doc)
 
 
@@ -73,7 +79,10 @@ def alias(
     meta = get_ctx(ctx).store.meta
     name, version = parse_ref(ref)
     mv = meta.model_version(name, version)
+    before = meta.aliases(name).get(alias_name)
     meta.set_alias(name, alias_name, mv.version, reason="cli")
+    record_local(ctx, "alias.set", name, {"alias": alias_name, "before": before,
+                                          "after": mv.version})
     console.print(f"{alias_name} → {name} v{mv.version}")
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 
 import typer
 
 from stratum.cli.context import console, get_ctx, print_json
+from stratum.control.lease import FileLease
+from stratum.errors import ConflictError
 from stratum.online.learner import Learner, Update
 from stratum.security.access import warn_if_auth_off
 
@@ -28,6 +31,12 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def learner_lock(home: Path, name: str) -> FileLease:
+    folder = home.expanduser().resolve() / "learners"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return FileLease(folder / f"{name}.lock")
 
 
 def learn(
@@ -50,6 +59,11 @@ def learn(
         else:
             console.print(describe_update(name, u))
 
+    # One learner per model and home, and `stratum stop` finds it: a lock file with its pid.
+    lock = learner_lock(c.settings.home, name)
+    if not lock.try_acquire():
+        raise ConflictError(f"a learner for {name} already runs (pid {lock.holder()})",
+                            hint="`stratum stop` stops it")
     learner = Learner(c.settings, c.store, name, on_update=report)
     if not as_json:
         console.print(f"learning {name} from feedback; champion v{learner.champion.version} "

@@ -6,15 +6,18 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from stratum.cli.audit import record_local
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.control.client import ControlClient
 from stratum.control.discovery import read_record
-from stratum.errors import ConfigError
+from stratum.control.lease import FileLease
+from stratum.errors import ConfigError, NotFoundError, ServingError
 from stratum.security.keys import SCOPES, generate_key, hash_key
 
 _KEY_OPT = typer.Option(None, "--api-key", envvar="STRATUM_API_KEY",
@@ -36,6 +39,8 @@ def _summary(dep: dict[str, Any]) -> dict[str, Any]:
         "predict_url": f"{base}/v1/models/{dep['name']}:predict" if base else None,
         "infer_url": f"{base}/v2/models/{dep['name']}/infer" if base else None,
         "replicas": obs.get("replicas", []), "traffic": obs.get("traffic", []),
+        "follows": (dep.get("spec") or {}).get("follow"), "notice": dep.get("notice"),
+        "autoscale": (dep.get("spec") or {}).get("autoscale"),
     }
 
 
@@ -65,6 +70,42 @@ def _print(dep: dict[str, Any], as_json: bool, verb: str) -> None:
     if s["url"]:
         console.print(f"  gateway  {s['url']}\n  predict  POST {s['predict_url']}\n"
                       f"  infer    POST {s['infer_url']}")
+    if s["follows"]:
+        console.print(f"  follows  alias {s['follows']}")
+    if a := s["autoscale"]:
+        console.print(f"  autoscale {a['min_replicas']}..{a['max_replicas']} replicas, "
+                      f"{a['target_inflight']:g} in flight each, scale-down cooldown "
+                      f"{a['scale_down_cooldown_s']:g} s")
+    if s["notice"]:
+        console.print(f"[bold yellow]note:[/] {s['notice']}")
+
+
+def stop_learners(home: Path, grace: float = 30.0) -> list[str]:
+    """SIGTERM every running learner of ``home`` (found by its lock file) and wait for it
+    to finish its batch; what was stopped, read back (its lock is free again)."""
+    folder = home.expanduser().resolve() / "learners"
+    out = []
+    for path in sorted(folder.glob("*.lock")) if folder.exists() else []:
+        lock = FileLease(path)
+        if lock.try_acquire():  # nobody holds it: not running
+            lock.release()
+            continue
+        try:
+            pid = int(lock.holder())
+            os.kill(pid, signal.SIGTERM)
+        except (ValueError, ProcessLookupError):
+            continue  # it is exiting right now
+        deadline = time.monotonic() + grace
+        while not lock.try_acquire():
+            if time.monotonic() > deadline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
+        lock.release()
+        out.append(f"the learner of {path.stem} (pid {pid})")
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -79,6 +120,9 @@ def register(app: typer.Typer) -> None:
         replicas: int | None = typer.Option(None, "--replicas", "-r", min=1,
                                             help="Replica processes [1, or the current]."),
         port: int | None = typer.Option(None, "--port", help="Gateway port [8000]."),
+        gateways: int | None = typer.Option(None, "--gateways", min=1, max=8,
+                                            help="Gateway processes sharing the port [1, or "
+                                                 "the current]; 2 survive a gateway's death."),
         canary: str | None = typer.Option(None, "--canary", help="NAME@VERSION:PERCENT"),
         shadow: str | None = typer.Option(None, "--shadow", help="NAME@VERSION to mirror to."),
         name: str | None = typer.Option(None, "--name", help="Deployment name [model name]."),
@@ -87,19 +131,34 @@ def register(app: typer.Typer) -> None:
         follow: bool | None = typer.Option(None, "--follow/--pin", help="Roll onto every "
                                            "version the alias in REF moves to (e.g. promotions "
                                            "by the online learner) [--pin]."),
+        min_replicas: int | None = typer.Option(None, "--min-replicas", min=0, help="Autoscale "
+                                                "from this many replicas (0: scale to zero)."),
+        max_replicas: int | None = typer.Option(None, "--max-replicas", min=1,
+                                                help="Autoscale up to this many replicas."),
+        target_inflight: float | None = typer.Option(
+            None, "--target-inflight", help="Requests in flight per replica to aim at "
+            "[control.autoscale_target_inflight, 8]."),
+        cooldown: float | None = typer.Option(
+            None, "--scale-down-cooldown", min=0, help="Seconds of lower load before scaling "
+            "down [control.scale_down_cooldown_s, 60]."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for ready."),
         no_wait: bool = typer.Option(False, "--no-wait", help="Return once recorded."),
         as_json: bool = typer.Option(False, "--json"),
         api_key: str | None = _KEY_OPT,
     ) -> None:
         """Deploy a model version behind a gateway; deploying another version of a deployed
-        model is a rolling update with zero failed requests."""
+        model is a rolling update with zero failed requests. --min/--max-replicas let load
+        decide the replica count."""
         client = _client(ctx, api_key)
         dep = client.deploy(model=ref, name=name, replicas=replicas, port=port, canary=canary,
-                            shadow=shadow, policy=policy, follow=follow)
+                            shadow=shadow, policy=policy, follow=follow, gateways=gateways,
+                            min_replicas=min_replicas, max_replicas=max_replicas,
+                            target_inflight=target_inflight, scale_down_cooldown_s=cooldown)
+        notice = dep.get("notice")
         if not no_wait:
             dep = _wait(client, dep, timeout, as_json)
-        _print(dep, as_json, "deployed" if not no_wait else "recorded")
+        _print(dep | ({"notice": notice} if notice else {}), as_json,
+               "deployed" if not no_wait else "recorded")
 
     @app.command()
     def undeploy(ctx: typer.Context, name: str = typer.Argument(...),
@@ -116,7 +175,9 @@ def register(app: typer.Typer) -> None:
         """Roll back to the version deployed before the current one."""
         client = _client(ctx, api_key)
         dep = client.call("POST", f"/deployments/{name}/rollback")
-        _print(_wait(client, dep, timeout, as_json), as_json, "rolled back")
+        notice = dep.get("notice")
+        _print(_wait(client, dep, timeout, as_json) | ({"notice": notice} if notice else {}),
+               as_json, "rolled back")
 
     @app.command()
     def scale(ctx: typer.Context, name: str = typer.Argument(...),
@@ -124,23 +185,34 @@ def register(app: typer.Typer) -> None:
               timeout: float = typer.Option(300.0, "--timeout"),
               as_json: bool = typer.Option(False, "--json"),
               api_key: str | None = _KEY_OPT) -> None:
-        """Change the number of replicas of a deployment."""
+        """Change the number of replicas of a deployment (fixed: autoscaling turns off)."""
         client = _client(ctx, api_key)
         dep = client.call("POST", f"/deployments/{name}/scale", {"replicas": replicas})
-        _print(_wait(client, dep, timeout, as_json), as_json, "scaled")
+        notice = dep.get("notice")
+        _print(_wait(client, dep, timeout, as_json) | ({"notice": notice} if notice else {}),
+               as_json, "scaled")
 
     @app.command()
     def stop(ctx: typer.Context) -> None:
-        """Stop the background control plane and every replica and gateway it runs."""
-        rec = read_record(get_ctx(ctx).settings)
-        if rec is None:
-            console.print("no control plane is running")
-            return
-        os.kill(int(rec["pid"]), signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while read_record(get_ctx(ctx).settings) is not None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        console.print(f"stopped the control plane (pid {rec['pid']})")
+        """Stop the background control plane (with every replica and gateway it runs)
+        and the home's learners."""
+        settings = get_ctx(ctx).settings
+        stopped = []
+        rec = read_record(settings)
+        if rec is not None:
+            os.kill(int(rec["pid"]), signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while read_record(settings) is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if read_record(settings) is not None:
+                raise ServingError(f"the control plane (pid {rec['pid']}) did not stop "
+                                   "within 30 s", hint="see logs/control.log in the home")
+            stopped.append(f"the control plane (pid {rec['pid']})")
+        stopped += stop_learners(settings.home)
+        if not stopped:
+            raise NotFoundError(f"nothing to stop: no control plane or learner runs for "
+                                f"{settings.home}")
+        console.print("stopped " + ", ".join(stopped))
 
     @keys.command("create")
     def keys_create(
@@ -155,6 +227,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"unknown scope(s) {', '.join(bad)}; use {', '.join(SCOPES)}")
         key, key_id = generate_key()
         get_ctx(ctx).store.meta.add_api_key(key_id, name, hash_key(key), sorted(set(scope)))
+        record_local(ctx, "keys.create", name, {"key_id": key_id, "scopes": sorted(set(scope))})
         if as_json:
             print_json({"key": key, "key_id": key_id, "name": name, "scopes": scope})
             return
@@ -183,4 +256,5 @@ def register(app: typer.Typer) -> None:
     def keys_revoke(ctx: typer.Context, key_id: str = typer.Argument(...)) -> None:
         """Revoke a key (gateways stop accepting it within gateway.auth_cache_s)."""
         get_ctx(ctx).store.meta.revoke_api_key(key_id)
+        record_local(ctx, "keys.revoke", key_id, {"key_id": key_id})
         console.print(f"revoked {key_id}")

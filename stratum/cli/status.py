@@ -59,6 +59,27 @@ def _online(meta: Any, names: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def control_plane(settings: Any, store: Any) -> dict[str, Any]:
+    """Whether a control plane leads: this home's record, else the store's leader row
+    (a leader of another host answers its /health)."""
+    import httpx
+
+    from stratum.control.discovery import read_record
+    from stratum.store.runtime import RuntimeStore
+
+    rec = read_record(settings)
+    if rec is not None:
+        return {"running": True, "url": rec["url"], "pid": rec["pid"]}
+    leader = RuntimeStore(store.meta).leader()
+    if leader is not None:
+        try:
+            if httpx.get(leader.url + "/health", timeout=1.0).json().get("role") == "leader":
+                return {"running": True, "url": leader.url, "pid": leader.pid}
+        except (httpx.HTTPError, ValueError):
+            pass
+    return {"running": False, "url": None, "pid": None}
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def status(
@@ -66,7 +87,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     ) -> None:
         """Show datasets, models, deployments and recent events."""
-        data = collect_status(get_ctx(ctx).store)
+        c = get_ctx(ctx)
+        data = collect_status(c.store)
+        data["control"] = control_plane(c.settings, c.store)
+        if not data["control"]["running"]:
+            # What was observed is only what it was: nobody watches the deployments now.
+            for dep in data["deployments"]:
+                dep["status"] = f"unknown (last seen {dep['status']}; no control plane)"
         if as_json:
             print_json(data)
             return
@@ -83,6 +110,10 @@ def register(app: typer.Typer) -> None:
             aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(mdl["aliases"].items()))
             t.add_row(mdl["name"], str(mdl["versions"]), f"v{mdl['latest']}", aliases or "-")
         console.print(t)
+        ctl = data["control"]
+        console.print(f"control plane: {ctl['url']} (pid {ctl['pid']}, leading)"
+                      if ctl["running"] else "[bold yellow]control plane: not running[/] — "
+                      "deployments are not watched; any deploy command starts it")
         t = Table(title="Deployments")
         for col in ("name", "status", "wanted", "replicas", "traffic", "gateway"):
             t.add_column(col)
@@ -95,6 +126,8 @@ def register(app: typer.Typer) -> None:
                 n[0] += bool(r.get("healthy"))
                 n[1] += 1
             wanted = f"{spec.get('model', '-')}@v{spec.get('version', '?')} x{spec.get('replicas')}"
+            if auto := spec.get("autoscale"):
+                wanted += f" (auto {auto['min_replicas']}..{auto['max_replicas']})"
             if spec.get("canary"):
                 wanted += f" +v{spec['canary']['version']} {spec['canary']['percent']:g}%"
             traffic = ", ".join(f"v{x['version']} {'shadow' if x.get('shadow') else x['weight']}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -34,6 +35,7 @@ from stratum.config.child import start_python
 from stratum.control.client import ControlClient
 from stratum.errors import ConfigError, NotFoundError
 from stratum.online.demo import DemoTick, digits, stream
+from stratum.security.tls import client_context
 from stratum.security.tokens import ensure_key_file
 
 CLIENT_KEY_FILE = "client.key"
@@ -82,9 +84,9 @@ def up(
         _print(dep, False, "deployed")
         learner = _start_learner(c, name)
         gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
-            f"http://127.0.0.1:{port}"
+            f"{c.settings.gateway.tls.scheme}://127.0.0.1:{port}"
         if key is not None:
-            _check_auth_is_on(gateway, name)
+            _check_auth_is_on(gateway, name, client_context(c.settings.client_tls))
         _print_usage(c, name, gateway, key_file if key is not None else None)
         if demo:
             _demo(c, name, gateway, requests, rotate_after, stop,
@@ -189,11 +191,12 @@ def _print_usage(c: CliContext, name: str, gateway: str, key_file: Path | None) 
         soft_wrap=True)
 
 
-def _check_auth_is_on(gateway: str, name: str) -> None:
+def _check_auth_is_on(gateway: str, name: str, verify: ssl.SSLContext) -> None:
     """Read back what `up` promises: an unauthenticated predict is refused. A control plane
     started earlier by `stratum deploy` keeps its own settings, and so its open gateways."""
     try:
-        status = httpx.post(f"{gateway}/v1/models/{name}:predict", json={}, timeout=10).status_code
+        status = httpx.post(f"{gateway}/v1/models/{name}:predict", json={}, timeout=10,
+                            verify=verify).status_code
     except httpx.HTTPError:
         return
     if status != 401:
@@ -230,7 +233,8 @@ def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
             live.update(table())
 
         result = stream(url, name, images, labels, requests=requests, rotate_after=rotate_after,
-                        headers=headers, should_stop=stop.is_set, on_tick=on_tick)
+                        headers=headers, should_stop=stop.is_set, on_tick=on_tick,
+                        verify=client_context(c.settings.client_tls))
     for start, rot, acc in result.blocks:
         console.print(f"  requests {start:>5}-{start + 199:<5} {'rotated' if rot else 'upright'}"
                       f"  accuracy {acc:.3f}")

@@ -1,10 +1,10 @@
 """Settings: one pydantic object, built at the edge and passed down."""
 
+from stratum.config.servers import ClientTlsSettings, HttpLimits, TlsSettings
 from stratum.config.settings import (
     ControlSettings,
     DataSettings,
     GatewaySettings,
-    HttpLimits,
     OnlineSettings,
     ServeSettings,
     Settings,
@@ -13,6 +13,7 @@ from stratum.config.settings import (
 )
 
 __all__ = [
+    "ClientTlsSettings",
     "ControlSettings",
     "DataSettings",
     "GatewaySettings",
@@ -20,6 +21,7 @@ __all__ = [
     "OnlineSettings",
     "ServeSettings",
     "Settings",
+    "TlsSettings",
     "TrainSettings",
     "load_settings",
 ]

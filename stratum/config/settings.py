@@ -21,6 +21,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from stratum.config.paths import PathList
+from stratum.config.servers import (
+    ClientTlsSettings,
+    ControlHttpLimits,
+    GatewayHttpLimits,
+    ReplicaHttpLimits,
+    TlsSettings,
+)
 from stratum.errors import ConfigError
 
 
@@ -35,48 +43,6 @@ class TrainSettings(BaseModel):
     max_restarts: int = Field(3, ge=0)
     master_port: int = Field(29_500, ge=1024, le=65_535)
     threads_per_worker: int | None = None
-
-
-class HttpLimits(BaseModel):
-    """What one HTTP server accepts from a client before it refuses or hangs up.
-
-    One model, one instance per server section (``gateway.http``, ``serve.http``,
-    ``control.http``): the three face different clients (anyone; only gateways; operators),
-    so each is tuned on its own, e.g. ``STRATUM_GATEWAY__HTTP__MAX_CONNECTIONS=8192``.
-    Body limits stay each section's ``max_body_bytes``.
-    """
-
-    max_url_bytes: int = Field(8 * 1024, ge=256, le=65_535)  # over it: 414
-    # Names, values and line ends of all header lines together; over it: 431.
-    max_header_bytes: int = Field(16 * 1024, ge=1024)
-    max_headers: int = Field(100, ge=8)  # over it: 431
-    # From a request's first byte to the end of its headers, then to the end of its body;
-    # over either: 408 and a closed connection.
-    header_timeout_s: float = Field(10.0, gt=0)
-    body_timeout_s: float = Field(30.0, gt=0)
-    # A connection with no request in flight (new, or between requests) is closed after
-    # this long.
-    keep_alive_s: float = Field(5.0, gt=0)
-    # Open connections per process. At the cap a new connection closes the longest-idle
-    # ones; when every connection is mid-request it gets a 503 and is closed.
-    max_connections: int = Field(1024, ge=8)
-
-
-# Each section's own defaults live on a subclass rather than in a default_factory, so that
-# setting one field (env or YAML) keeps the section's defaults for the others.
-class ReplicaHttpLimits(HttpLimits):
-    # Above the gateway's, so whatever a gateway accepts and forwards (with the few
-    # headers it adds) is never refused by the replica behind it.
-    max_header_bytes: int = Field(32 * 1024, ge=1024)
-    max_headers: int = Field(128, ge=8)
-
-
-class GatewayHttpLimits(HttpLimits):
-    max_connections: int = Field(4096, ge=8)  # the front door: many clients
-
-
-class ControlHttpLimits(HttpLimits):
-    max_connections: int = Field(256, ge=8)  # operators, the CLI and the dashboard
 
 
 class ServeSettings(BaseModel):
@@ -100,6 +66,9 @@ class ServeSettings(BaseModel):
     # each op that long.
     switch_interval_ms: float = Field(0.5, gt=0)
     http: ReplicaHttpLimits = Field(default_factory=lambda: ReplicaHttpLimits())
+    # HTTPS for replicas; with client_ca_file only clients with a certificate of that CA
+    # (gateways and the control plane, through ``client_tls``) get through: mutual TLS.
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 
 
 class GatewaySettings(BaseModel):
@@ -110,6 +79,9 @@ class GatewaySettings(BaseModel):
     retries: int = Field(2, ge=0)
     retry_budget: float = Field(0.2, ge=0, le=1)
     health_interval_s: float = Field(1.0, gt=0)
+    # A named gateway checks the store for a new routing table this often (besides the
+    # control plane's pushes), so every gateway of a deployment converges.
+    routes_poll_s: float = Field(1.0, gt=0)
     eject_after_failures: int = Field(3, ge=1)
     require_auth: bool = False
     rate_limit_per_s: float | None = None
@@ -121,7 +93,12 @@ class GatewaySettings(BaseModel):
     # also the bound on how late a revocation takes effect.
     auth_cache_s: float = Field(5.0, ge=0)
     shadow_max_inflight: int = Field(64, ge=0)
+    # A deployment scaled to zero: requests wait here while a replica starts, at most this
+    # long and this many (their bodies too), past either a 503 with retry-after.
+    hold_timeout_s: float = Field(30.0, gt=0)
+    hold_max_requests: int = Field(128, ge=0)
     http: GatewayHttpLimits = Field(default_factory=lambda: GatewayHttpLimits())
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 
 
 class ControlSettings(BaseModel):
@@ -133,9 +110,20 @@ class ControlSettings(BaseModel):
     # A replica of a version never seen ready gets this many starts before the update fails.
     start_attempts: int = Field(2, ge=1)
     ready_timeout_s: float = Field(120.0, gt=0)
+    # How often a standby control plane tries for the lease (PostgreSQL) and a leader
+    # checks it still holds it: failover takes about this plus the new leader's start.
+    lease_poll_s: float = Field(0.5, gt=0)
     # Admin requests are small JSON documents.
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # Autoscaling (deploy --min/--max-replicas): each gateway's in-flight requests are read
+    # this often and averaged over autoscale_window_s; the target and the cooldown are the
+    # defaults a deployment gets when it names none (docs/control.md, "Autoscaling").
+    autoscale_interval_s: float = Field(0.5, gt=0)
+    autoscale_window_s: float = Field(3.0, gt=0)
+    autoscale_target_inflight: float = Field(8.0, gt=0)
+    scale_down_cooldown_s: float = Field(60.0, ge=0)
     http: ControlHttpLimits = Field(default_factory=lambda: ControlHttpLimits())
+    tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 
 
 class OnlineSettings(BaseModel):
@@ -203,6 +191,9 @@ class Settings(BaseSettings):
     metadata_url: str | None = None
     artifact_url: str | None = None
     artifact_options: dict[str, Any] = Field(default_factory=dict)
+    # Keys that encrypt artifacts at rest (``stratum artifacts keygen``): the first seals
+    # every write, any of them opens a read (rotation). Empty: stored as written.
+    artifact_key_files: PathList = Field(default_factory=list)
     queue_url: str | None = None
     log_level: str = "INFO"
 
@@ -212,6 +203,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=lambda: GatewaySettings())
     control: ControlSettings = Field(default_factory=lambda: ControlSettings())
     online: OnlineSettings = Field(default_factory=lambda: OnlineSettings())
+    client_tls: ClientTlsSettings = Field(default_factory=lambda: ClientTlsSettings())
 
     @model_validator(mode="after")
     def _fill_urls(self) -> Settings:

@@ -1,7 +1,9 @@
 """``python -m stratum.control [--host H] [--port P]``: the control plane (admin API and
-supervisor). It records itself in ``{home}/control.json`` so the CLI finds it, refuses to
-start beside a live one (a single instance; leader election among several through
-PostgreSQL advisory locks is not implemented), and on SIGTERM stops the processes it runs.
+supervisor). One instance leads (``control.lease``): on SQLite a second one for the same
+home is refused; on PostgreSQL others stand by and one of them takes over when the leader
+dies, adopting its replicas and gateways. The leader records itself in
+``{home}/control.json`` and in the store so the CLI finds it, and on SIGTERM stops the
+processes it runs (a SIGKILLed one leaves them for the next leader).
 Settings come from ``STRATUM_SETTINGS_JSON``.
 """
 
@@ -17,9 +19,11 @@ import uvicorn
 from stratum.asgi import limit_body
 from stratum.config import load_settings
 from stratum.control.discovery import read_record, record_path, write_record
+from stratum.control.lease import FileLease, lease_for
 from stratum.errors import StratumError
 from stratum.httplimits import uvicorn_options
 from stratum.security.access import warn_if_auth_off
+from stratum.security.tls import uvicorn_ssl
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,22 +39,28 @@ def main(argv: list[str] | None = None) -> int:
                      "the gateway port of a deployment")
     host = args.host or settings.control.host
     port = args.port if args.port is not None else settings.control.port
-    other = read_record(settings)
-    if other is not None and other.get("pid") != os.getpid():
-        print(f"error: a control plane already runs (pid {other['pid']}, {other['url']})",
-              file=sys.stderr)
+    lease = lease_for(settings)
+    if not lease.try_acquire() and not lease.standby:
+        other = read_record(settings)
+        where = f" at {other['url']}" if other else ""
+        holder = lease.holder() if isinstance(lease, FileLease) else "?"
+        print(f"error: a control plane already runs for {settings.home} (pid {holder}{where}; "
+              f"it holds {lease.what}); `stratum stop` stops it", file=sys.stderr)
         return 2
     from stratum.control.api import create_app
 
+    url = f"{settings.control.tls.scheme}://{host}:{port}"
     try:
-        app = create_app(settings, on_ready=lambda: write_record(settings, host, port))
+        tls = uvicorn_ssl(settings.control.tls, where="control")
+        app = create_app(settings, on_ready=lambda: write_record(settings, host, port),
+                         lease=lease, url=url)
     except StratumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         uvicorn.run(limit_body(app, settings.control.max_body_bytes), host=host, port=port,
                     log_level="warning", access_log=False,
-                    **uvicorn_options(settings.control.http))
+                    **uvicorn_options(settings.control.http), **tls)
     finally:
         rec = read_record(settings, check_alive=False)
         if rec is not None and rec.get("pid") == os.getpid():

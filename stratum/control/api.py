@@ -6,7 +6,8 @@ answer is JSON; a ``StratumError`` keeps its status and message. Every route but
 ``/health`` needs a key with the ``admin`` scope, whatever ``gateway.require_auth`` says
 (that setting is about predict and feedback): the home's admin token (``{home}/admin.token``,
 made here on first start, which the CLI sends by default) or one from ``stratum keys
-create NAME --scope admin``.
+create NAME --scope admin``. Every write, refused ones included, goes to the audit log
+(``control.audit``).
 """
 
 from __future__ import annotations
@@ -18,32 +19,58 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from stratum.config import Settings
+from stratum.control.audit import AuditTrail, Note, audit_note, spec_change
+from stratum.control.autoscale import Scaling
+from stratum.control.autoscaler import Autoscaler
+from stratum.control.leading import Role, StandbyRedirect
+from stratum.control.lease import Lease, Unguarded
+from stratum.control.openapi import describe_api
 from stratum.control.procs import port_free
-from stratum.control.spec import build_spec, load_spec, rolled_back
+from stratum.control.spec import (
+    DeploymentSpec,
+    autoscale_notice,
+    build_spec,
+    load_spec,
+    pin_notice,
+    rolled_back,
+)
 from stratum.control.supervisor import Supervisor
 from stratum.errors import ConflictError, NotFoundError, StratumError
 from stratum.security.access import KeyChecker, presented_key
 from stratum.security.tokens import ADMIN_TOKEN_FILE, ensure_admin_token
 from stratum.store import Store
 from stratum.store import models as m
+from stratum.store.audit import AuditLog, Auditor
+from stratum.store.runtime import RuntimeStore
 
 log = logging.getLogger(__name__)
+MAX_EVENTS = 1000  # per GET /events
 
 
 class DeployRequest(BaseModel):
     model: str = Field(description="NAME@VERSION or NAME@ALIAS")
     name: str | None = Field(None, description="deployment name; default: the model name")
     replicas: int | None = Field(None, ge=1, le=64)
+    gateways: int | None = Field(None, ge=1, le=8, description="gateway processes sharing "
+                                 "the port (SO_REUSEPORT)")
     port: int | None = Field(None, ge=1, le=65_535)
     canary: str | None = Field(None, description="NAME@VERSION:PERCENT")
     shadow: str | None = Field(None, description="NAME@VERSION")
     policy: str | None = None
     follow: bool | None = Field(None, description="track the alias in `model` as it moves")
+    # Autoscaling: both bounds turn it on; an explicit `replicas` alone turns it off.
+    min_replicas: int | None = Field(None, ge=0, le=64, description="autoscale from this "
+                                     "many replicas (0: scale to zero when idle)")
+    max_replicas: int | None = Field(None, ge=1, le=64, description="autoscale up to this many")
+    target_inflight: float | None = Field(None, gt=0, le=10_000, description="requests in "
+                                          "flight per replica the autoscaler aims at")
+    scale_down_cooldown_s: float | None = Field(None, ge=0, le=86_400, description="seconds "
+                                                "of lower load before scaling down")
 
 
 class ScaleRequest(BaseModel):
@@ -55,31 +82,68 @@ def describe(dep: m.Deployment) -> dict[str, Any]:
             "spec": dep.spec, "observed": dep.observed, "updated_at": dep.updated_at.isoformat()}
 
 
-def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
+def _noticed(out: dict[str, Any], current: DeploymentSpec | None,
+             new: DeploymentSpec) -> dict[str, Any]:
+    """``out`` with a ``notice`` when the change pinned a deployment that followed an alias
+    or turned its autoscaling off."""
+    notice = "; ".join(n for n in (pin_notice(current, new), autoscale_notice(current, new))
+                       if n)
+    return out | {"notice": notice} if notice else out
+
+
+def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None = None,
+               url: str = "") -> FastAPI:
+    """The API; it leads (runs the supervisor) once it holds ``lease`` (none: at once)
+    and stands by until then (``control.leading``)."""
     store = Store.open(settings)
     meta = store.meta
     sup = Supervisor(settings, meta)
+    role = Role(lease or Unguarded(), RuntimeStore(meta), url, settings.control.lease_poll_s,
+                acquired=lease is None or lease.held())
     keys = KeyChecker(meta, settings.gateway.auth_cache_s)
     ensure_admin_token(settings.home, meta)
     log.info("admin API: send the admin token in %s", settings.home / ADMIN_TOKEN_FILE)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(sup.run())
-        if on_ready is not None:
-            on_ready()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def start() -> None:  # on becoming the leader
+            if on_ready is not None:
+                on_ready()
+            tasks.append(asyncio.create_task(sup.run()))
+            tasks.append(asyncio.create_task(Autoscaler(settings, meta, sup).run()))
+
+        async def stop() -> None:  # on losing the lease: leave everything running
+            while len(tasks) > 1:
+                run = tasks.pop()
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+            await sup.forget()
+
+        tasks.append(asyncio.create_task(role.lead(start, stop)))
         try:
             yield
         finally:
-            task.cancel()
-            await sup.shutdown()
+            for task in tasks:
+                task.cancel()
+            if role.leader:  # a standby has nothing to stop
+                await sup.shutdown()
+            (lease or Unguarded()).release()
             store.close()
 
     async def admin(request: Request) -> None:
         headers = {k.encode("latin-1"): v.encode("latin-1") for k, v in request.headers.items()}
-        await keys.authorize(presented_key(headers), "admin")
+        key = presented_key(headers)
+        try:
+            await keys.authorize(key, "admin")
+        finally:  # refused callers are recorded too, as far as they are known
+            audit_note(request).actor = keys.actor(key)
 
     app = FastAPI(title="Stratum control plane", lifespan=lifespan)
+    describe_api(app)  # the completed /openapi.json; 422s in Stratum's error shape
+    app.add_middleware(AuditTrail, auditor=Auditor("control", AuditLog(meta)))
+    app.add_middleware(StandbyRedirect, role=role)  # outermost: a standby audits nothing
     guarded = [Depends(admin)]
 
     @app.exception_handler(StratumError)
@@ -88,7 +152,8 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"ok": True, "pid": os.getpid(), "deployments": len(sup.states)}
+        return {"ok": True, "pid": os.getpid(), "deployments": len(sup.states),
+                "role": "leader" if role.leader else "standby", "term": role.term}
 
     @app.get("/deployments", dependencies=guarded)
     async def deployments() -> list[dict[str, Any]]:
@@ -99,19 +164,24 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
         return describe(await asyncio.to_thread(meta.deployment, name))
 
     @app.post("/deployments", dependencies=guarded)
-    async def deploy(req: DeployRequest) -> dict[str, Any]:
-        out = await asyncio.to_thread(_deploy, req)
+    async def deploy(req: DeployRequest, request: Request) -> dict[str, Any]:
+        out = await asyncio.to_thread(_deploy, req, audit_note(request))
         sup.wake.set()  # on the loop: asyncio.Event is not thread-safe
         return out
 
-    def _deploy(req: DeployRequest) -> dict[str, Any]:
-        name = req.name or req.model.partition("@")[0]
+    def _deploy(req: DeployRequest, note: Note) -> dict[str, Any]:
+        name = note.target = req.name or req.model.partition("@")[0]
         existing = {d.name: d for d in meta.deployments()}
         current = load_spec(existing[name].spec) if name in existing else None
         spec = build_spec(meta, req.model, current=current, replicas=req.replicas,
                           port=req.port, default_port=settings.gateway.port,
                           canary=req.canary, shadow=req.shadow, policy=req.policy,
-                          follow=req.follow)
+                          follow=req.follow, gateways=req.gateways,
+                          scaling=Scaling(min_replicas=req.min_replicas,
+                                          max_replicas=req.max_replicas,
+                                          target_inflight=req.target_inflight,
+                                          scale_down_cooldown_s=req.scale_down_cooldown_s),
+                          defaults=settings.control)
         for other, dep in existing.items():
             if other != name and dep.spec.get("port") == spec.port:
                 raise ConflictError(f"port {spec.port} is already used by deployment {other}",
@@ -121,16 +191,21 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
             raise ConflictError(
                 f"port {spec.port} on {settings.gateway.host} is busy",
                 hint="stop what listens there or choose another --port")
-        return describe(meta.put_deployment(name, spec.model_dump(mode="json")))
+        wanted = spec.model_dump(mode="json")
+        note.detail = spec_change(existing[name].spec if name in existing else None, wanted)
+        return _noticed(describe(meta.put_deployment(name, wanted)), current, spec)
 
     @app.delete("/deployments/{name}", dependencies=guarded)
-    async def undeploy(name: str) -> dict[str, Any]:
-        await asyncio.to_thread(meta.delete_deployment, name)
+    async def undeploy(name: str, request: Request) -> dict[str, Any]:
+        def go() -> None:
+            audit_note(request).detail = spec_change(meta.deployment(name).spec, None)
+            meta.delete_deployment(name)
+        await asyncio.to_thread(go)
         sup.wake.set()
         return {"name": name, "deleted": True}
 
     @app.post("/deployments/{name}/rollback", dependencies=guarded)
-    async def rollback(name: str) -> dict[str, Any]:
+    async def rollback(name: str, request: Request) -> dict[str, Any]:
         def go() -> dict[str, Any]:
             spec = load_spec(meta.deployment(name).spec)
             if spec is None:
@@ -138,27 +213,36 @@ def create_app(settings: Settings, on_ready: Any = None) -> FastAPI:
             new = rolled_back(spec)
             meta.add_event("deployment.rollback", name,
                            {"from": spec.version, "to": new.version})
-            return describe(meta.put_deployment(name, new.model_dump(mode="json")))
+            audit_note(request).detail = spec_change(spec.model_dump(mode="json"),
+                                                     new.model_dump(mode="json"))
+            return _noticed(describe(meta.put_deployment(name, new.model_dump(mode="json"))),
+                            spec, new)
         out = await asyncio.to_thread(go)
         sup.wake.set()
         return out
 
     @app.post("/deployments/{name}/scale", dependencies=guarded)
-    async def scale(name: str, req: ScaleRequest) -> dict[str, Any]:
+    async def scale(name: str, req: ScaleRequest, request: Request) -> dict[str, Any]:
         def go() -> dict[str, Any]:
             spec = load_spec(meta.deployment(name).spec)
             if spec is None:
                 raise NotFoundError(f"deployment {name!r} has no spec")
-            new = spec.model_copy(update={"replicas": req.replicas})
+            # A fixed count: autoscaling, which would undo it, is turned off (and said so).
+            new = spec.model_copy(update={"replicas": req.replicas, "autoscale": None})
             meta.add_event("deployment.scaled", name,
                            {"from": spec.replicas, "to": req.replicas})
-            return describe(meta.put_deployment(name, new.model_dump(mode="json")))
+            audit_note(request).detail = spec_change(spec.model_dump(mode="json"),
+                                                     new.model_dump(mode="json"))
+            return _noticed(describe(meta.put_deployment(name, new.model_dump(mode="json"))),
+                            spec, new)
         out = await asyncio.to_thread(go)
         sup.wake.set()
         return out
 
     @app.get("/events", dependencies=guarded)
-    async def events(subject: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def events(subject: str | None = None,
+                     # bounded: past SQLite's 64-bit LIMIT it was a 500, below 1 unbounded
+                     limit: int = Query(50, ge=1, le=MAX_EVENTS)) -> list[dict[str, Any]]:
         rows = await asyncio.to_thread(meta.events, subject, None, limit)
         return [{"id": e.id, "ts": e.ts.isoformat(), "kind": e.kind, "subject": e.subject,
                  "payload": e.payload} for e in rows]

@@ -3,6 +3,7 @@ plane in the background when none is running."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,8 +24,10 @@ from stratum.errors import (
     StratumError,
 )
 from stratum.security.home import private_home
+from stratum.security.tls import client_context
 from stratum.security.tokens import ensure_admin_token
 from stratum.store import Store
+from stratum.store.runtime import RuntimeStore
 
 _BY_STATUS: dict[int, type[StratumError]] = {
     401: AuthError, 403: PermissionDeniedError, 404: NotFoundError, 409: ConflictError,
@@ -39,6 +42,14 @@ class ControlClient:
         self.settings = settings
         self._api_key = api_key
         self._url: str | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    @property
+    def verify(self) -> ssl.SSLContext:
+        """How the control plane's certificate is checked (``client_tls``); made once."""
+        if self._tls is None:
+            self._tls = client_context(self.settings.client_tls)
+        return self._tls
 
     @property
     def headers(self) -> dict[str, str]:
@@ -54,8 +65,11 @@ class ControlClient:
     def url(self, start: bool = True) -> str:
         if self._url is None:
             rec = read_record(self.settings)
+            leader = None if rec is not None else self._leader()
             if rec is not None and self._healthy(rec["url"], wait=5.0):
                 self._url = str(rec["url"])
+            elif leader is not None and self._healthy(leader, wait=1.0):
+                self._url = leader  # another host's home: found through the store
             elif start:
                 self._url = self._start()
             else:
@@ -63,11 +77,21 @@ class ControlClient:
                                    hint="`stratum deploy` starts one")
         return self._url
 
+    def _leader(self) -> str | None:
+        """The leader's URL as recorded in the store (a control plane of another home)."""
+        store = Store.open(self.settings)
+        try:
+            found = RuntimeStore(store.meta).leader()
+        finally:
+            store.close()
+        return found.url if found is not None else None
+
     def _healthy(self, url: str, wait: float) -> bool:
         deadline = time.monotonic() + wait
         while True:
             try:
-                if httpx.get(url + "/health", timeout=1.0).status_code == 200:
+                if httpx.get(url + "/health", timeout=1.0,
+                             verify=self.verify).status_code == 200:
                     return True
             except httpx.HTTPError:
                 pass
@@ -87,7 +111,7 @@ class ControlClient:
                 env=self.settings.child_env(),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
-        url = f"http://{cfg.host}:{port}"
+        url = f"{cfg.tls.scheme}://{cfg.host}:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -103,8 +127,9 @@ class ControlClient:
     def call(self, method: str, path: str, json: Any = None, start: bool = True) -> Any:
         headers = self.headers
         try:
+            # A standby answers 307 to the leader (same method and body).
             r = httpx.request(method, self.url(start) + path, json=json, headers=headers,
-                              timeout=30.0)
+                              timeout=30.0, verify=self.verify, follow_redirects=True)
         except httpx.HTTPError as exc:
             raise ServingError(f"the control plane did not answer: {exc}") from exc
         if r.status_code >= 400:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stratum.config import Settings
+from stratum.control.procs import Proc
 
 
 def record_path(settings: Settings) -> Path:
@@ -20,7 +21,8 @@ def write_record(settings: Settings, host: str, port: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "host": host, "port": port,
-                               "url": f"http://{host}:{port}", "started": time.time()}))
+                               "url": f"{settings.control.tls.scheme}://{host}:{port}",
+                               "started": time.time()}))
     tmp.replace(path)  # atomic: a reader never sees half a record
 
 
@@ -32,9 +34,9 @@ def read_record(settings: Settings, check_alive: bool = True) -> dict[str, Any] 
         return None
     if check_alive:
         try:
-            os.kill(int(rec["pid"]), 0)
-        except (ProcessLookupError, KeyError, ValueError):
+            pid = int(rec["pid"])
+        except (KeyError, ValueError):
             return None
-        except PermissionError:
-            pass
+        if not Proc(pid).alive():  # a zombie (dead, not yet reaped) counts as gone
+            return None
     return rec

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from stratum.config.settings import ControlSettings
 from stratum.control.routing import to_retire
 from stratum.control.spec import DeploymentSpec, followed
-from stratum.control.state import DeploymentState, Replica
+from stratum.control.state import DeploymentState, Gateway, Replica
 from stratum.gateway.traffic import RoutesSpec
 
 # A replica serving this long since its start counts as stable: its crash backoff resets.
@@ -133,16 +133,16 @@ class Reconciler:
         st.next_start[r.version] = now + self.backoff(st.crash_streak[r.version])
         return Event("replica.crashed", info)
 
-    def gateway_exited(self, st: DeploymentState, log_tail: str) -> Event | None:
-        pid = st.gateway_pid
-        st.gateway_pid, st.gateway_live, st.pushed_etag = None, False, None
-        if st.spec is None or st.spec.port != st.gateway_port:
-            return None  # we stopped it: undeployed, or moved to another port
-        st.gateway_failures += 1
-        st.next_start["gateway"] = self.clock() + self.backoff(st.gateway_failures)
+    def gateway_exited(self, st: DeploymentState, gw: Gateway, log_tail: str) -> Event | None:
+        del st.gateways[gw.slot]
+        if st.spec is None or st.spec.port != gw.port or gw.slot >= st.spec.gateways:
+            return None  # we stopped it: undeployed, moved to another port, or surplus
+        st.gateway_failures[gw.slot] += 1
+        st.next_start[f"gateway-{gw.slot}"] = self.clock() + self.backoff(
+            st.gateway_failures[gw.slot])
         st.last_error = {"generation": st.generation, "message":
-                         f"gateway on port {st.gateway_port} exited: {log_tail[-600:]}"}
-        return Event("gateway.crashed", {"pid": pid, "port": st.gateway_port})
+                         f"gateway {gw.slot} on port {gw.port} exited: {log_tail[-600:]}"}
+        return Event("gateway.crashed", {"pid": gw.pid, "port": gw.port, "slot": gw.slot})
 
     def probed(self, st: DeploymentState, r: Replica, ok: bool) -> Event | None:
         """A replica's readiness probe answered ``ok`` (or not)."""
@@ -158,12 +158,13 @@ class Reconciler:
             st.crash_streak[r.version] = 0
         return None
 
-    def gateway_probed(self, st: DeploymentState, live: bool) -> Event | None:
-        came_up = live and not st.gateway_live
-        st.gateway_live = live
+    @staticmethod
+    def gateway_probed(st: DeploymentState, gw: Gateway, live: bool) -> Event | None:
+        came_up = live and not gw.live
+        gw.live = live
         if came_up:
-            st.gateway_failures = 0
-            return Event("gateway.ready", {"port": st.gateway_port})
+            st.gateway_failures[gw.slot] = 0
+            return Event("gateway.ready", {"port": gw.port, "slot": gw.slot, "pid": gw.pid})
         return None
 
     def swap_done(self, st: DeploymentState, r: Replica, version: int, ok: bool,
@@ -232,41 +233,59 @@ class Reconciler:
         return starts
 
     def started(self, st: DeploymentState, start: Start, port: int, pid: int,
-                secret: str = "") -> Event:
+                secret: str = "", scheme: str = "http") -> Event:
         st.replicas[start.id] = Replica(start.id, start.version, port, pid, self.clock(),
-                                        secret=secret)
+                                        secret=secret, scheme=scheme)
         return Event("replica.started", {"replica": start.id, "version": start.version,
                                          "pid": pid, "port": port})
 
-    def gateway_action(self, st: DeploymentState,
-                       spec: DeploymentSpec) -> Literal["start", "stop"] | None:
-        """Start a missing gateway (after its backoff), stop one whose port is no longer
-        wanted (the one on the new port starts once it has exited)."""
-        if st.gateway_pid is not None:
-            return "stop" if st.gateway_port != spec.port else None
-        if self.clock() < st.next_start.get("gateway", 0.0):
+    def gateway_actions(self, st: DeploymentState,
+                        spec: DeploymentSpec) -> tuple[list[int], list[Gateway]]:
+        """``(slots to start, gateways to stop)``: a missing one starts after its backoff;
+        one on a port no longer wanted, or beyond ``spec.gateways``, stops (on a new port
+        the new ones start once the old have exited, so the port is never doubly held by
+        deployments)."""
+        stop = [g for g in st.gateways.values()
+                if g.port != spec.port or g.slot >= spec.gateways]
+        if any(g.port != spec.port for g in st.gateways.values()):
+            return [], stop
+        now = self.clock()
+        start = [slot for slot in range(spec.gateways) if slot not in st.gateways
+                 and now >= st.next_start.get(f"gateway-{slot}", 0.0)]
+        return start, stop
+
+    @staticmethod
+    def gateway_started(st: DeploymentState, slot: int, port: int, admin_port: int, pid: int,
+                        scheme: str = "http") -> Event:
+        st.gateways[slot] = Gateway(slot, pid, port, admin_port, scheme=scheme)
+        return Event("gateway.started", {"pid": pid, "port": port, "slot": slot,
+                                         "admin_port": admin_port})
+
+    @staticmethod
+    def to_push(st: DeploymentState, routes: RoutesSpec) -> list[Gateway]:
+        """The gateways that are up and lack this routing table."""
+        etag = routes.etag()
+        return [g for g in st.gateways.values() if g.live and g.pushed_etag != etag]
+
+    @staticmethod
+    def pushed(st: DeploymentState, gw: Gateway, routes: RoutesSpec,
+               traffic: list[dict[str, Any]]) -> Event | None:
+        """``gw`` took ``routes``; the event once the traffic split changed."""
+        gw.pushed_etag = routes.etag()
+        if traffic == st.traffic:
             return None
-        return "start"
-
-    @staticmethod
-    def gateway_started(st: DeploymentState, port: int, pid: int) -> Event:
-        st.gateway_pid, st.gateway_port, st.gateway_live, st.pushed_etag = pid, port, False, None
-        return Event("gateway.started", {"pid": pid, "port": port})
-
-    @staticmethod
-    def to_push(st: DeploymentState, routes: RoutesSpec) -> bool:
-        """Whether the gateway is up and lacks this routing table."""
-        return st.gateway_live and routes.etag() != st.pushed_etag
-
-    @staticmethod
-    def pushed(st: DeploymentState, routes: RoutesSpec, traffic: list[dict[str, Any]]) -> Event:
-        st.pushed_etag, st.traffic = routes.etag(), traffic
+        st.traffic = traffic
         return Event("deployment.routes", {"traffic": traffic})
 
     @staticmethod
     def acknowledged(st: DeploymentState, routes: RoutesSpec | None) -> bool:
-        """Whether the gateway holds ``routes`` (the table of the replicas as they are)."""
-        return routes is not None and st.pushed_etag == routes.etag()
+        """Whether the gateways hold ``routes`` (the table of the replicas as they are):
+        every live one (one still starting reads the latest table from the store before
+        it serves), and at least one."""
+        if routes is None:
+            return False
+        live = [g for g in st.gateways.values() if g.live]
+        return bool(live) and all(g.pushed_etag == routes.etag() for g in live)
 
     @staticmethod
     def to_stop(st: DeploymentState, spec: DeploymentSpec | None, routes: RoutesSpec | None,

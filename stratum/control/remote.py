@@ -1,5 +1,6 @@
 """What the supervisor asks of its replicas and gateways over HTTP: are you ready or live,
-load this version (hot swap), finish what you have (drain), serve this routing table.
+load this version (hot swap), finish what you have (drain), serve this routing table, and
+(for the autoscaler) what load do you see.
 
 Every call answers with a plain outcome instead of raising: a replica or gateway that does
 not answer is a fact the reconcile loop works with, not an error.
@@ -8,6 +9,7 @@ not answer is a fact the reconcile loop works with, not an error.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import httpx
 
@@ -17,9 +19,8 @@ log = logging.getLogger(__name__)
 
 
 class Remote:
-    def __init__(self, http: httpx.AsyncClient, token: str) -> None:
+    def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
-        self.token = token  # the gateways' admin token, which the supervisor handed them
 
     async def ok(self, url: str) -> bool:
         """GET ``url`` answers 200 within half a second (a readiness or liveness probe)."""
@@ -45,18 +46,29 @@ class Remote:
         except httpx.HTTPError:
             pass  # it is stopped next anyway
 
-    async def push_routes(self, name: str, port: int | None, body: str) -> bool:
-        """Install a routing table on deployment ``name``'s gateway; True once it has."""
+    async def push_routes(self, name: str, gateway_url: str, body: str, token: str) -> bool:
+        """Install a routing table on deployment ``name``'s gateway (``token``: the admin
+        token it was started with); True once it has."""
         try:
             r = await self.http.put(
-                f"http://127.0.0.1:{port}/admin/routes", content=body,
-                headers={"content-type": "application/json", "x-stratum-admin-token": self.token})
+                gateway_url + "/admin/routes", content=body,
+                headers={"content-type": "application/json", "x-stratum-admin-token": token})
         except httpx.HTTPError as exc:
             log.warning("could not push routes to %s: %s", name, exc)
             return False
         if r.status_code != 200:
             log.warning("gateway of %s refused routes: %s %s", name, r.status_code, r.text)
         return r.status_code == 200
+
+    async def routes_shown(self, gateway_url: str, token: str) -> dict[str, Any] | None:
+        """What a gateway shows of its routes and load (``GET /admin/routes``: in flight
+        per replica, requests held); None when it does not answer."""
+        try:
+            r = await self.http.get(gateway_url + "/admin/routes", timeout=1.0,
+                                    headers={"x-stratum-admin-token": token})
+            return r.json() if r.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     async def aclose(self) -> None:
         await self.http.aclose()

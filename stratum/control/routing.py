@@ -30,7 +30,9 @@ class ReplicaLike(Protocol):
 def compute_routes(
     name: str, spec: DeploymentSpec, replicas: Iterable[ReplicaLike],
 ) -> tuple[RoutesSpec | None, list[dict[str, Any]], set[str]]:
-    """``(routes, traffic, serving ids)``; routes is None while nothing can serve."""
+    """``(routes, traffic, serving ids)``; routes is None while nothing can serve, except
+    that a deployment scaled to zero gets its pool with no replica in it: the gateway then
+    holds requests (``gateway.hold``) instead of answering 404 "not deployed"."""
     ready = sorted((r for r in replicas if r.state == "ready"), key=lambda r: r.started)
     wanted = spec.versions()
 
@@ -44,7 +46,7 @@ def compute_routes(
         main, main_version = stale, Counter(r.version for r in stale).most_common(1)[0][0]
     else:
         main, main_version = primary, spec.version
-    if not main:
+    if not main and spec.replicas:
         return None, [], set()
     groups = [GroupSpec(version=main_version, weight=100.0, replicas=[r.url for r in main])]
     serving = {r.id for r in main}

@@ -5,14 +5,25 @@ move does not silently change what runs: ``stratum deploy mnist@production`` pin
 version ``production`` named at that moment. ``--follow`` opts in to tracking the alias
 instead: the supervisor rolls the deployment onto every version the alias moves to (that
 is how the online learner's promotions reach the replicas).
+
+Anything that names another version on a following deployment (``deploy NAME@3``, a
+canary on a fixed version, ``rollback``) pins it: following would undo it at the next
+reconcile, silently. The answer says so (``pin_notice``); ``--follow`` follows again.
+
+An autoscaled deployment (``autoscale``: ``--min-replicas``/``--max-replicas``) has its
+``replicas`` written by the autoscaler; an explicit count (``stratum scale``, ``deploy
+--replicas N`` without bounds) fixes it and turns autoscaling off, and says so
+(``autoscale_notice``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from stratum.config.settings import ControlSettings
+from stratum.control.autoscale import AutoscaleSpec, Scaling, resolve_scaling
 from stratum.errors import ConfigError, ConflictError
 from stratum.security.names import validate_name
 from stratum.store import parse_ref
@@ -32,13 +43,23 @@ class DeploymentSpec(BaseModel):
     model: str
     ref: str
     version: int
-    replicas: int = Field(1, ge=1, le=64)
+    replicas: int = Field(1, ge=0, le=64)  # 0: scaled to zero (autoscale.min_replicas 0)
+    # Gateway processes sharing ``port``: with two, a gateway's death or restart loses
+    # only the requests it held.
+    gateways: int = Field(1, ge=1, le=8)
     port: int = Field(ge=1, le=65_535)
     canary: CanarySpec | None = None
     shadow: VersionRef | None = None
     previous: VersionRef | None = None  # what `stratum rollback` goes back to
     policy: str | None = None
     follow: str | None = None  # an alias whose moves roll the deployment
+    autoscale: AutoscaleSpec | None = None  # None: ``replicas`` stays as set
+
+    @model_validator(mode="after")
+    def _zero_only_when_autoscaled(self) -> DeploymentSpec:
+        if self.replicas == 0 and (self.autoscale is None or self.autoscale.min_replicas):
+            raise ValueError("0 replicas needs autoscaling with min_replicas 0")
+        return self
 
     def versions(self) -> dict[int, int]:
         """``{version: replicas wanted}``: the primary's count, one for a canary/shadow."""
@@ -50,6 +71,8 @@ class DeploymentSpec(BaseModel):
 
     def describe(self) -> str:
         text = f"{self.model}@v{self.version} x{self.replicas}"
+        if self.autoscale:
+            text += f" (autoscaled {self.autoscale.min_replicas}..{self.autoscale.max_replicas})"
         if self.canary:
             text += f" + canary v{self.canary.version} {self.canary.percent:g}%"
         if self.shadow:
@@ -82,9 +105,13 @@ def build_spec(
     meta: MetadataStore, model_ref: str, *, current: DeploymentSpec | None,
     replicas: int | None, port: int | None, default_port: int,
     canary: str | None = None, shadow: str | None = None, policy: str | None = None,
-    follow: bool | None = None,
+    follow: bool | None = None, gateways: int | None = None,
+    scaling: Scaling | None = None, defaults: ControlSettings | None = None,
 ) -> DeploymentSpec:
     """The new wanted state from a deploy request and the current spec (if any)."""
+    count, autoscale = resolve_scaling(scaling, replicas, current.replicas if current else None,
+                                       current.autoscale if current else None,
+                                       defaults or ControlSettings())
     model, ref = parse_ref(model_ref)
     main = resolve(meta, model, ref)
     can = sha = None
@@ -100,7 +127,8 @@ def build_spec(
             raise ConfigError(f"the shadow must be a version of {model}, not {s_model}")
         sha = resolve(meta, s_model, s_ref, "shadow")
     if follow is None:
-        follow_alias = current.follow if current else None
+        # Keep following only while the request names the followed alias itself.
+        follow_alias = current.follow if current and ref == current.follow else None
     elif follow:
         if ref is None or ref.isdigit() or ref == "latest":
             raise ConfigError(f"--follow needs an alias to follow, e.g. {model}@production",
@@ -113,7 +141,8 @@ def build_spec(
         previous = VersionRef(ref=current.ref, version=current.version)
     return DeploymentSpec(
         model=model, ref=main.ref, version=main.version,
-        replicas=replicas or (current.replicas if current else 1),
+        replicas=count, autoscale=autoscale,
+        gateways=gateways or (current.gateways if current else 1),
         port=port or (current.port if current else default_port),
         canary=can, shadow=sha, previous=previous,
         policy=policy if policy is not None else (current.policy if current else None),
@@ -130,12 +159,33 @@ def followed(spec: DeploymentSpec, version: int) -> DeploymentSpec:
 
 
 def rolled_back(spec: DeploymentSpec) -> DeploymentSpec:
+    """Back to the previous version, pinned: a followed alias still names the version
+    rolled back from, and following it would roll forward again at once."""
     if spec.previous is None:
         raise ConflictError(f"{spec.model} has no previous version to roll back to")
     return spec.model_copy(update={
         "ref": spec.previous.ref, "version": spec.previous.version, "canary": None,
-        "previous": VersionRef(ref=spec.ref, version=spec.version),
+        "previous": VersionRef(ref=spec.ref, version=spec.version), "follow": None,
     })
+
+
+def pin_notice(current: DeploymentSpec | None, new: DeploymentSpec) -> str | None:
+    """What to tell the user when a change stopped a deployment from following its alias."""
+    if current is None or current.follow is None or new.follow is not None:
+        return None
+    return (f"pinned to v{new.version}: the deployment no longer follows "
+            f"{current.model}@{current.follow} (a new version there would undo this change); "
+            f"`stratum deploy {current.model}@{current.follow} --follow` follows it again")
+
+
+def autoscale_notice(current: DeploymentSpec | None, new: DeploymentSpec) -> str | None:
+    """What to tell the user when a change turned autoscaling off (an explicit count)."""
+    if current is None or current.autoscale is None or new.autoscale is not None:
+        return None
+    a = current.autoscale
+    return (f"autoscaling off: fixed at {new.replicas} replica(s) (it scaled between "
+            f"{a.min_replicas} and {a.max_replicas}); `stratum deploy {new.model}@{new.ref} "
+            f"--min-replicas {a.min_replicas} --max-replicas {a.max_replicas}` turns it on again")
 
 
 def load_spec(raw: dict[str, Any] | None) -> DeploymentSpec | None:

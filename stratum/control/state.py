@@ -24,10 +24,34 @@ class Replica:
     swapping: int | None = None  # the version a hot swap is loading, while it does
     healthy: bool = False
     secret: str = field(default="", repr=False)  # its generation's, given at start
+    scheme: str = "http"  # "https" under serve.tls
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+
+@dataclass(eq=False)
+class Gateway:
+    """One gateway process of a deployment. Several share the public ``port``
+    (SO_REUSEPORT: the kernel spreads connections); each also listens on its own loopback
+    ``admin_port``, where the supervisor's probes and pushes reach exactly this one."""
+
+    slot: int  # 0 .. spec.gateways - 1
+    pid: int
+    port: int
+    admin_port: int
+    live: bool = False
+    pushed_etag: str | None = None  # the routing table it acknowledged
+    scheme: str = "http"
+
+    @property
+    def id(self) -> str:
+        return f"gateway-{self.slot}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.admin_port}"
 
 
 @dataclass(eq=False)
@@ -36,11 +60,8 @@ class DeploymentState:
     spec: DeploymentSpec | None = None  # None once undeployed, until everything stopped
     generation: int = 0
     replicas: dict[str, Replica] = field(default_factory=dict)
-    gateway_pid: int | None = None  # None while no gateway process runs
-    gateway_port: int | None = None
-    gateway_live: bool = False
-    gateway_failures: int = 0
-    pushed_etag: str | None = None
+    gateways: dict[int, Gateway] = field(default_factory=dict)  # by slot
+    gateway_failures: Counter[int] = field(default_factory=Counter)  # by slot
     traffic: list[dict[str, Any]] = field(default_factory=list)
     start_failures: Counter[int] = field(default_factory=Counter)
     crash_streak: Counter[int] = field(default_factory=Counter)
@@ -53,15 +74,22 @@ class DeploymentState:
     # The secret replicas started for the current generation get; a new generation gets a
     # new one, so a redeploy rotates it (never reported in ``observed``).
     secret: str = field(default="", repr=False)
+    # What the gateway's /admin/* takes from us; kept across generations and leaders.
+    gateway_token: str = field(default="", repr=False)
 
     @property
     def finished(self) -> bool:
         """Undeployed and nothing of it runs any more: the state can go."""
-        return self.spec is None and not self.replicas and self.gateway_pid is None
+        return self.spec is None and not self.replicas and not self.gateways
+
+    @property
+    def gateway_live(self) -> bool:
+        """Some gateway serves."""
+        return any(g.live for g in self.gateways.values())
 
 
 def observed(st: DeploymentState, spec: DeploymentSpec, converged: bool,
-             host: str) -> tuple[str, dict[str, Any]]:
+             host: str, scheme: str = "http") -> tuple[str, dict[str, Any]]:
     """``(status, document)`` reported for a deployment; ``converged``: the gateway holds
     the routing table of the replicas as they are now."""
     wanted = spec.versions()
@@ -70,7 +98,8 @@ def observed(st: DeploymentState, spec: DeploymentSpec, converged: bool,
         r.version in wanted and r.state == "ready" for r in st.replicas.values())
     given_up = any(st.next_start.get(v) == float("inf") for v in wanted)
     serving = converged and st.gateway_live and bool(ready)
-    if settled and st.gateway_live:
+    all_gateways = sum(g.live for g in st.gateways.values()) >= spec.gateways
+    if settled and all_gateways:
         status = "ready"
     elif given_up and not ready:
         status = "failed"
@@ -82,8 +111,13 @@ def observed(st: DeploymentState, spec: DeploymentSpec, converged: bool,
         status = "degraded"
     doc = {
         "generation": st.generation, "status": status,
-        "gateway": {"port": st.gateway_port, "pid": st.gateway_pid, "live": st.gateway_live,
-                    "url": f"http://{host}:{st.gateway_port}"},
+        # Where clients go: the public port every gateway of the deployment shares.
+        "gateway": {"port": spec.port, "live": st.gateway_live,
+                    "pid": next((g.pid for g in st.gateways.values() if g.live), None),
+                    "url": f"{scheme}://{host}:{spec.port}"},
+        "gateways": [{"slot": g.slot, "pid": g.pid, "port": g.port, "admin_port": g.admin_port,
+                      "live": g.live} for g in sorted(st.gateways.values(),
+                                                       key=lambda g: g.slot)],
         "replicas": [{"id": r.id, "version": r.version, "pid": r.pid, "port": r.port,
                       "url": r.url, "state": r.state, "healthy": r.healthy}
                      for r in st.replicas.values()],

@@ -30,14 +30,18 @@ import httpx
 
 from stratum.config import Settings
 from stratum.control import procs
+from stratum.control.adopt import adopt
+from stratum.control.follow import follow_aliases
 from stratum.control.procs import Process, Spawn
-from stratum.control.reconcile import Event, Reconciler, Stop, alias_move
+from stratum.control.reconcile import Event, Reconciler, Stop
 from stratum.control.remote import Remote
 from stratum.control.routing import compute_routes
 from stratum.control.spec import DeploymentSpec, load_spec
-from stratum.control.state import DeploymentState, Replica, observed, settling
+from stratum.control.state import DeploymentState, Gateway, Replica, observed, settling
+from stratum.security.tls import client_context
 from stratum.security.tokens import REPLICA_SECRET_ENV, replica_secret
 from stratum.store.metadata import MetadataStore
+from stratum.store.runtime import RuntimeStore
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +57,13 @@ class Supervisor:
         self.rec = Reconciler(self.cfg, clock)
         self.states: dict[str, DeploymentState] = {}
         self.procs: dict[str, Process] = {}  # by replica id
-        self.gateways: dict[str, Process] = {}  # by deployment
-        self.token = secrets.token_urlsafe(24)  # lets us reach the gateways' /admin/*
-        self.remote = Remote(http or httpx.AsyncClient(timeout=2.0), self.token)
+        self.gateways: dict[tuple[str, int], Process] = {}  # by (deployment, slot)
+        self._stored: dict[str, str] = {}  # deployment → etag of the routes in the store
+        self.runtime = RuntimeStore(meta)  # secrets and routes, for whoever leads next
+        # client_tls: the CA https replicas and gateways are checked against, and the
+        # certificate replicas under mutual TLS ask for.
+        self.remote = Remote(http or httpx.AsyncClient(
+            timeout=2.0, verify=client_context(settings.client_tls)))
         self._spawn, self._free_port = spawn, free_port
         self._env = settings.child_env()  # replicas get their secret, gateways the token
         self._logs = settings.home.expanduser().resolve() / "logs"
@@ -65,6 +73,7 @@ class Supervisor:
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
+        await self.adopt()
         while True:
             try:
                 busy = await self.tick()
@@ -83,7 +92,8 @@ class Supervisor:
         """One pass over every deployment; True while something is in transition."""
         failed: dict[str, Exception] = {}
         rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
-        if await asyncio.to_thread(self._follow_aliases, rows, failed):
+        given_up = {name: st.given_up for name, st in self.states.items()}
+        if await asyncio.to_thread(follow_aliases, self.meta, rows, given_up, failed):
             rows = {d.name: d for d in await asyncio.to_thread(self.meta.deployments)}
         for name, row in rows.items():
             st = self.states.get(name)
@@ -96,8 +106,13 @@ class Supervisor:
                 continue
             if st is None:
                 st = self.states[name] = DeploymentState(name)
+                known = await asyncio.to_thread(self.runtime.runtime, name)
+                st.gateway_token = (known.gateway_token if known and known.gateway_token
+                                    else secrets.token_urlsafe(24))
             self.rec.wanted(st, spec, row.generation)
             st.secret = replica_secret()  # each generation's replicas get their own
+            await asyncio.to_thread(self.runtime.save_secrets, name, row.generation,
+                                    st.secret, st.gateway_token)
         for name, st in list(self.states.items()):
             if name not in rows:
                 st.spec = None
@@ -109,6 +124,7 @@ class Supervisor:
         for name, st in list(self.states.items()):
             if st.finished:
                 del self.states[name]
+                await asyncio.to_thread(self.runtime.drop, name)
                 await self._record(name, Event("deployment.stopped", {}))
         return any(results)
 
@@ -124,9 +140,9 @@ class Supervisor:
         await self._reap(st)
         await self._probe(st)
         spec = st.spec
-        if spec is None:  # undeployed: gateway first, so clients stop arriving
-            if st.name in self.gateways:
-                self.gateways[st.name].terminate()
+        if spec is None:  # undeployed: gateways first, so clients stop arriving
+            for slot in st.gateways:
+                self.gateways[st.name, slot].terminate()
             self._stop(st, self.rec.to_stop(st, None, None, set()))
             return True
         give_up = self.rec.give_up(st, spec)
@@ -144,30 +160,19 @@ class Supervisor:
         self._start_missing(st, spec)
         self._ensure_gateway(st, spec)
         routes, traffic, serving = compute_routes(st.name, spec, st.replicas.values())
-        if (routes is not None and self.rec.to_push(st, routes) and await
-                self.remote.push_routes(st.name, st.gateway_port, routes.model_dump_json())):
-            await self._record(st.name, self.rec.pushed(st, routes, traffic))
+        if routes is not None and self._stored.get(st.name) != routes.etag():
+            # In the store first: a gateway that starts or restarts from now on reads it.
+            await asyncio.to_thread(self.runtime.save_routes, st.name, routes.etag(),
+                                    routes.model_dump(mode="json"))
+            self._stored[st.name] = routes.etag()
+        if routes is not None:
+            body = routes.model_dump_json()
+            for gw in self.rec.to_push(st, routes):
+                if await self.remote.push_routes(st.name, gw.admin_url, body,
+                                                 st.gateway_token):
+                    await self._record(st.name, self.rec.pushed(st, gw, routes, traffic))
         self._stop(st, self.rec.to_stop(st, spec, routes, serving))
         return await self._observe(st, spec, self.rec.acknowledged(st, routes))
-
-    def _follow_aliases(self, rows: dict[str, Any], failed: dict[str, Exception]) -> bool:
-        """Roll deployments that follow an alias onto where it points now (blocking)."""
-        moved = False
-        for name, row in rows.items():
-            try:
-                spec = load_spec(row.spec)
-                st = self.states.get(name)
-                aliases = self.meta.aliases(spec.model) if spec and spec.follow else {}
-                new = alias_move(spec, aliases, st.given_up if st else set())
-                if spec is None or new is None:
-                    continue
-                self.meta.put_deployment(name, new.model_dump(mode="json"))
-                self.meta.add_event("deployment.follow", name, {
-                    "alias": spec.follow, "from": spec.version, "to": new.version})
-                moved = True
-            except Exception as exc:
-                failed.setdefault(name, exc)
-        return moved
 
     async def _report(self, name: str, exc: Exception) -> None:
         """Log a deployment's failed reconcile; record it once while it keeps failing."""
@@ -183,12 +188,38 @@ class Supervisor:
             if st is not None and st.spec is not None:
                 # It may fail before observing: report it on what was last observed.
                 st.last_error = error
-                _, now = observed(st, st.spec, False, self.settings.gateway.host)
+                _, now = observed(st, st.spec, False, self.settings.gateway.host,
+                                  self.settings.gateway.tls.scheme)
                 doc = {**(st.last_observed or now), "last_error": error}
                 st.last_observed = doc
                 await asyncio.to_thread(self.meta.observe_deployment, name, doc["status"], doc)
         except Exception:
             log.exception("could not record the failed reconcile of %s", name)
+
+    async def adopt(self) -> None:
+        """Take over the replicas and gateways a previous control plane left running
+        (``control.adopt``), before the first tick would start new ones beside them."""
+        for row in await asyncio.to_thread(self.meta.deployments):
+            spec = load_spec(row.spec)
+            if spec is None or row.name in self.states:
+                continue
+            known = await asyncio.to_thread(self.runtime.runtime, row.name)
+            if known is None or not known.secret:
+                continue  # never reconciled: the first tick starts it
+            st = self.states[row.name] = DeploymentState(row.name)
+            # The generation its processes were started for: if the wanted state changed
+            # meanwhile, the first tick sees a new generation and rolls them onto it.
+            self.rec.wanted(st, spec, known.generation)
+            st.secret, st.gateway_token = known.secret, known.gateway_token
+            found = adopt(st, row.observed or {}, known, self._logs, self.rec.clock())
+            self.procs.update(found.replicas)
+            for slot, proc in found.gateways.items():
+                self.gateways[row.name, slot] = proc
+            if known.etag:
+                self._stored[row.name] = known.etag
+            await self._record(row.name, Event("deployment.adopted", {
+                "replicas": sorted(p.pid for p in found.replicas.values()),
+                "gateways": sorted(p.pid for p in found.gateways.values())}))
 
     # -- processes -------------------------------------------------------------------------
     async def _reap(self, st: DeploymentState) -> None:
@@ -201,23 +232,23 @@ class Supervisor:
             del self.procs[r.id]
             tail = proc.log_tail() if r.state == "starting" else ""  # why a start failed
             await self._record(st.name, self.rec.replica_exited(st, r, proc.returncode, tail))
-        gw = self.gateways.get(st.name)
-        if gw is not None and not gw.alive():
-            del self.gateways[st.name]
-            await self._record(st.name, self.rec.gateway_exited(st, gw.log_tail()))
+        for gw in list(st.gateways.values()):
+            proc = self.gateways[st.name, gw.slot]
+            if not proc.alive():
+                del self.gateways[st.name, gw.slot]
+                await self._record(st.name, self.rec.gateway_exited(st, gw, proc.log_tail()))
 
     async def _probe(self, st: DeploymentState) -> None:
         async def one(r: Replica) -> None:
             ok = await self.remote.ok(r.url + "/v2/health/ready")
             await self._record(st.name, self.rec.probed(st, r, ok))
 
-        async def gateway() -> None:
-            live = await self.remote.ok(f"http://127.0.0.1:{st.gateway_port}/v2/health/live")
-            await self._record(st.name, self.rec.gateway_probed(st, live))
+        async def gateway(gw: Gateway) -> None:
+            live = await self.remote.ok(gw.admin_url + "/v2/health/live")
+            await self._record(st.name, self.rec.gateway_probed(st, gw, live))
 
         checks = [one(r) for r in st.replicas.values() if r.state != "draining"]
-        if st.name in self.gateways:
-            checks.append(gateway())
+        checks += [gateway(gw) for gw in st.gateways.values()]
         await asyncio.gather(*checks)
 
     def _start_missing(self, st: DeploymentState, spec: DeploymentSpec) -> None:
@@ -229,7 +260,8 @@ class Supervisor:
                 "--name", st.name], {**self._env, REPLICA_SECRET_ENV: st.secret},
                 self._logs / st.name / f"{start.id}.log")
             self.procs[start.id] = proc
-            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid, st.secret))
+            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid, st.secret,
+                                                            self.settings.serve.tls.scheme))
 
     async def _swap(self, st: DeploymentState, r: Replica, version: int) -> None:
         t0 = time.monotonic()
@@ -239,16 +271,20 @@ class Supervisor:
         self.wake.set()
 
     def _ensure_gateway(self, st: DeploymentState, spec: DeploymentSpec) -> None:
-        action = self.rec.gateway_action(st, spec)
-        if action == "stop":
-            self.gateways[st.name].terminate()
-        elif action == "start":
-            gw = self._spawn("stratum.gateway", ["--host", self.settings.gateway.host,
-                                                 "--port", str(spec.port), "--name", st.name],
-                             {**self._env, "STRATUM_GATEWAY_TOKEN": self.token},
-                             self._logs / st.name / "gateway.log")
-            self.gateways[st.name] = gw
-            self._record_soon(st.name, self.rec.gateway_started(st, spec.port, gw.pid))
+        start, stop = self.rec.gateway_actions(st, spec)
+        for gw in stop:
+            self.gateways[st.name, gw.slot].terminate()
+        for slot in start:
+            # All share the public port (SO_REUSEPORT); each has its own admin port.
+            admin_port = self._free_port()
+            proc = self._spawn("stratum.gateway", [
+                "--host", self.settings.gateway.host, "--port", str(spec.port), "--reuse-port",
+                "--admin-port", str(admin_port), "--name", st.name],
+                {**self._env, "STRATUM_GATEWAY_TOKEN": st.gateway_token},
+                self._logs / st.name / f"gateway-{slot}.log")
+            self.gateways[st.name, slot] = proc
+            self._record_soon(st.name, self.rec.gateway_started(
+                st, slot, spec.port, admin_port, proc.pid, self.settings.gateway.tls.scheme))
 
     def _stop(self, st: DeploymentState, stops: list[Stop]) -> None:
         """Drain (ask the replica to finish what it has), then SIGTERM, then SIGKILL."""
@@ -268,7 +304,8 @@ class Supervisor:
 
     # -- the store -------------------------------------------------------------------------
     async def _observe(self, st: DeploymentState, spec: DeploymentSpec, converged: bool) -> bool:
-        status, doc = observed(st, spec, converged, self.settings.gateway.host)
+        status, doc = observed(st, spec, converged, self.settings.gateway.host,
+                               self.settings.gateway.tls.scheme)
         if doc != st.last_observed:
             st.last_observed = doc
             await asyncio.to_thread(self.meta.observe_deployment, st.name, status, doc)
@@ -286,6 +323,18 @@ class Supervisor:
         task = asyncio.create_task(work)
         self._tasks.add(task)  # the loop keeps only weak references to its tasks
         task.add_done_callback(self._tasks.discard)
+
+    async def forget(self) -> None:
+        """Let go of everything without stopping it (this instance stopped leading; the
+        next leader adopts the processes): no task of ours may act on them any more."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.states.clear()
+        self.procs.clear()
+        self.gateways.clear()
+        self._stored.clear()
+        self._errors.clear()
 
     async def shutdown(self, grace: float = 10.0) -> None:
         """Stop every process this supervisor runs (gateways first) and wait for them."""

@@ -4,9 +4,37 @@
 >>> # X, y = open_dataset(store, "iris@latest").load("train")     # doctest: +SKIP
 """
 
-from stratum.data.dataset import Dataset, open_dataset
-from stratum.data.ingest import IngestResult, ingest
-from stratum.data.preprocessing import Pipeline
-from stratum.data.schema import Feature, Schema
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stratum.data.dataset import Dataset, open_dataset
+    from stratum.data.ingest import IngestResult, ingest
+    from stratum.data.preprocessing import Pipeline
+    from stratum.data.schema import Feature, Schema
+
+# Loaded on first use: a replica imports ``stratum.data.signature`` only, and importing
+# this package must not bring pyarrow and the ingest sources with it (~0.2 s of start-up).
+_LAZY = {
+    "Dataset": "stratum.data.dataset",
+    "open_dataset": "stratum.data.dataset",
+    "IngestResult": "stratum.data.ingest",
+    "ingest": "stratum.data.ingest",
+    "Pipeline": "stratum.data.preprocessing",
+    "Feature": "stratum.data.schema",
+    "Schema": "stratum.data.schema",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = ["Dataset", "Feature", "IngestResult", "Pipeline", "Schema", "ingest", "open_dataset"]

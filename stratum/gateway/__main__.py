@@ -1,9 +1,10 @@
 """``python -m stratum.gateway --port P [--replica URL ...] [--name DEPLOYMENT]``
 
 Static mode (``--replica``, as the benches use it) routes every model name to the given
-replicas. Otherwise the table starts from the deployment's last observed routes in the
-store (so a restarted gateway serves at once) and the supervisor PUTs ``/admin/routes``
-whenever the replica set or the traffic split changes. Settings come from
+replicas. Otherwise (``--name``) the table starts from the deployment's routes in the
+store (so a restarted or a second gateway serves at once), follows them there
+(``gateway.routes_poll_s``), and the supervisor PUTs ``/admin/routes`` whenever the
+replica set or the traffic split changes. Settings come from
 ``STRATUM_SETTINGS_JSON``. ``/admin/*`` always needs a credential: the token in
 ``STRATUM_GATEWAY_TOKEN`` (the supervisor sets it) or, where the gateway has the metadata
 store (``--name``, or ``gateway.require_auth``), an admin-scoped key.
@@ -24,10 +25,13 @@ from stratum.config import load_settings
 from stratum.errors import StratumError
 from stratum.gateway.app import Gateway
 from stratum.gateway.server import GatewayServer
+from stratum.gateway.sync import stored_routes
 from stratum.gateway.traffic import RoutesSpec, static_routes
 from stratum.httplimits import uvicorn_options
 from stratum.security.access import warn_if_auth_off
+from stratum.security.tls import uvicorn_ssl
 from stratum.store.metadata import MetadataStore
+from stratum.store.runtime import RuntimeStore
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--replica", action="append", default=[], metavar="URL",
                    help="a replica URL; repeat for several (static routing)")
     p.add_argument("--name", default=None, help="the deployment this gateway fronts")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the port with other gateways of the deployment (SO_REUSEPORT)")
+    p.add_argument("--admin-port", type=int, default=None,
+                   help="also listen on 127.0.0.1:PORT, this process alone (probes, pushes)")
     p.add_argument("--uvicorn", action="store_true",
                    help="serve the ASGI app on uvicorn instead of the built-in server")
     args = p.parse_args(argv)
@@ -54,31 +62,33 @@ def main(argv: list[str] | None = None) -> None:
     try:
         routes = static_routes(args.replica, os.environ.get("STRATUM_REPLICA_SECRET"))
         if not args.replica and args.name and meta is not None:
-            routes = _observed_routes(meta, args.name)
+            # Before serving: a restarted (or second) gateway starts with the current table.
+            routes = stored_routes(RuntimeStore(meta), args.name) or RoutesSpec()
         app = Gateway(settings, routes, meta=meta, name=args.name,
                       admin_token=os.environ.get("STRATUM_GATEWAY_TOKEN"))
     except ValueError as exc:  # pydantic's: a malformed STRATUM_REPLICA_SECRET
         raise SystemExit(f"gateway: STRATUM_REPLICA_SECRET is not usable: {exc}") from exc
     except StratumError as exc:
         raise SystemExit(f"gateway: {exc}") from exc
-    if args.uvicorn:
+    try:
+        tls = uvicorn_ssl(settings.gateway.tls, where="gateway")
+        if args.uvicorn and (args.reuse_port or args.admin_port is not None):
+            raise SystemExit("gateway: --reuse-port and --admin-port need the built-in server "
+                             "(drop --uvicorn)")
+        server = None if args.uvicorn else GatewayServer(
+            app, host, port, reuse_port=args.reuse_port, admin_port=args.admin_port)
+    except StratumError as exc:  # unreadable certificate or key
+        raise SystemExit(f"gateway: {exc}") from exc
+    if server is None:
         uvicorn.run(app, host=host, port=port, loop="uvloop",
                     log_level="warning", access_log=False, server_header=False,
                     date_header=False, proxy_headers=False, lifespan="on", backlog=4096,
-                    **uvicorn_options(settings.gateway.http))  # httptools, gateway.http
+                    **uvicorn_options(settings.gateway.http), **tls)  # httptools, gateway.http
         return
     try:
-        uvloop.run(GatewayServer(app, host, port).serve())
+        uvloop.run(server.serve())
     except OSError as exc:  # most often: the port is taken
         raise SystemExit(f"gateway: cannot listen on {host}:{port}: {exc}") from exc
-
-
-def _observed_routes(meta: MetadataStore, name: str) -> RoutesSpec:
-    try:
-        raw = meta.deployment(name).observed.get("routes")
-        return RoutesSpec.model_validate(raw) if raw else RoutesSpec()
-    except (StratumError, ValueError):
-        return RoutesSpec()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ request is to the gateway (``Call``) is ``gateway.call``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
 import logging
 import os
@@ -27,12 +26,13 @@ import orjson
 from stratum.asgi import read_body
 from stratum.config import Settings
 from stratum.errors import (
-    AuthError,
+    NoReplicaError,
     NotFoundError,
     ServingError,
     StratumError,
     UpstreamError,
 )
+from stratum.gateway.admin import GatewayAdmin
 from stratum.gateway.auth import RateLimiter, scope_for
 from stratum.gateway.call import (
     JSON_HEADERS,
@@ -45,13 +45,18 @@ from stratum.gateway.call import (
     route_label,
 )
 from stratum.gateway.health import Health
+from stratum.gateway.hold import RETRY_AFTER_S, Hold, routed
 from stratum.gateway.local import LocalRoutes
 from stratum.gateway.metrics import GatewayMetrics
 from stratum.gateway.retry import RetryBudget, should_retry
+from stratum.gateway.sync import follow_routes
 from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
 from stratum.gateway.upstream import Upstream, UpstreamResponse
 from stratum.security.access import KeyChecker, presented_key
+from stratum.security.tls import client_context
+from stratum.store.audit import AuditLog, Auditor
 from stratum.store.metadata import MetadataStore
+from stratum.store.runtime import RuntimeStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,9 @@ class Gateway:
     ) -> None:
         g = self.cfg = settings.gateway
         self.name = name
-        self.table = RouteTable(routes or RoutesSpec(), g.policy, {})
+        # What https:// replicas are verified with, and shown under mutual TLS.
+        self.tls = client_context(settings.client_tls)
+        self.table = RouteTable(routes or RoutesSpec(), g.policy, {}, self.tls)
         self.health = Health(g.eject_after_failures, g.health_interval_s)
         self.budget = RetryBudget(g.retry_budget)
         self.metrics = GatewayMetrics()
@@ -82,14 +89,18 @@ class Gateway:
             raise ServingError("gateway.require_auth is on but no metadata store was given")
         # Keys are checked whenever there is a store: /admin/* always needs a credential.
         self.keys = KeyChecker(meta, g.auth_cache_s) if meta is not None else None
+        # A named gateway follows its deployment's routes in the store (gateway.sync).
+        self.runtime = RuntimeStore(meta) if meta is not None and name else None
         self.limiter = (RateLimiter(g.rate_limit_per_s, g.rate_limit_burst)
                         if g.rate_limit_per_s else None)
-        self._admin_token = admin_token.encode() if admin_token else None
         self._hash_header = g.hash_header.lower().encode()
         self._forward = _FORWARD | {self._hash_header}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shadow_inflight = 0
+        self.hold = Hold(g.hold_timeout_s, g.hold_max_requests)  # scaled to zero
         self.local = LocalRoutes(self)
+        self.admin = GatewayAdmin(self, self.local, self.keys, admin_token, Auditor(
+            "gateway", AuditLog(meta) if meta is not None else None))
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,6 +124,9 @@ class Gateway:
         """Start the active health checks (call once, on the serving loop)."""
         task = asyncio.create_task(self.health.run(lambda: self.table.upstreams.values()))
         self._tasks.add(task)
+        if self.runtime is not None and self.name:
+            self._tasks.add(asyncio.create_task(follow_routes(
+                self, self.runtime, self.name, self.cfg.routes_poll_s)))
 
     async def stop_background(self) -> None:
         for t in list(self._tasks):
@@ -131,7 +145,8 @@ class Gateway:
             return read_body(receive, self.cfg.max_body_bytes, None)
 
         call = Call(scope["method"], scope["path"], target.decode("latin-1"),
-                    dict(scope["headers"]), client[0] if client else None, read)
+                    dict(scope["headers"]), client[0] if client else None, read,
+                    client[1] if client else None)
         status, headers, body = await self.handle(call)
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -149,6 +164,8 @@ class Gateway:
             status, out_headers, body = await self._dispatch(call)
         except StratumError as exc:
             status, out_headers, body = exc.http_status, JSON_HEADERS, orjson.dumps(exc.to_dict())
+            if isinstance(exc, NoReplicaError):  # held past the bound: a replica is coming
+                out_headers = [*JSON_HEADERS, (b"retry-after", str(RETRY_AFTER_S).encode())]
         out = list(out_headers)
         if not any(k == b"x-request-id" for k, _ in out):
             out.append((b"x-request-id", rid))
@@ -157,15 +174,12 @@ class Gateway:
 
     async def _dispatch(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         path = call.path
+        if path.startswith("/admin/"):  # never forwarded: a replica's are the supervisor's
+            return await self.admin.handle(call)
         local = self.local.find(call.method, path)
-        if local is not None and not path.startswith("/admin/"):
-            return await local(call)
-        await self._admit(call)
         if local is not None:
             return await local(call)
-        if path.startswith("/admin/"):  # never forwarded: a replica's are the supervisor's
-            raise NotFoundError(f"no route {path}", hint="the gateway's admin routes are "
-                                "/admin/routes and /admin/info")
+        await self._admit(call)
         body = await read_call_body(call, self.cfg.max_body_bytes)
         model = model_of(path)
         table = self.table
@@ -177,6 +191,9 @@ class Gateway:
             raise NotFoundError(
                 f"model {model!r} is not deployed behind this gateway",
                 hint=f"deployed: {', '.join(sorted(table.pools)) or 'none'}")
+        if not pool.groups[0].replicas and not routed(pool):  # scaled to zero: gateway.hold
+            name = pool.name
+            pool = await self.hold.until_routed(name, lambda: self.table.pools.get(name))
         headers = call.headers
         fwd = [(k, v) for k, v in headers.items() if k in self._forward]
         resp = await self._forward_with_retry(pool, call.method, call.target, fwd, body,
@@ -186,21 +203,10 @@ class Gateway:
         return resp.status, resp.headers, resp.body
 
     async def _admit(self, call: Call) -> None:
-        """Authentication, scope and rate limit; raises 401/403/429. ``/admin/*`` always
-        needs the supervisor's token or an admin key; the rest needs a key only when
-        ``gateway.require_auth`` is on."""
+        """Authentication, scope and rate limit; raises 401/403/429. A key is needed only
+        when ``gateway.require_auth`` is on (``/admin/*`` is ``gateway.admin``'s)."""
         who: str
         headers = call.headers
-        if call.path.startswith("/admin/"):
-            token = headers.get(b"x-stratum-admin-token")
-            if self._admin_token and token and hmac.compare_digest(token, self._admin_token):
-                return  # the supervisor that started this gateway
-            if self.keys is None:
-                raise AuthError("the admin routes need the supervisor's token",
-                                hint="this gateway has no metadata store to check admin "
-                                     "keys; set STRATUM_GATEWAY_TOKEN when starting it")
-            await self.keys.authorize(presented_key(headers), "admin")
-            return
         if self.keys is not None and self.cfg.require_auth:
             who = await self.keys.authorize(presented_key(headers),
                                             scope_for(call.path) or "predict")
@@ -225,7 +231,7 @@ class Gateway:
             if up is None:
                 break
             tried.append(up)
-            up.outstanding += 1
+            up.begin()
             up.requests += 1
             try:
                 resp = await up.request(method, target, fwd, body, timeout)
@@ -241,7 +247,7 @@ class Gateway:
                 self.metrics.upstream_errors.labels(f"{resp.status}").inc()
                 last = resp
             finally:
-                up.outstanding -= 1
+                up.end()
             if attempt < self.cfg.retries:
                 if not self.budget.can_retry():
                     self.metrics.retry_refused.inc()
@@ -297,7 +303,8 @@ class Gateway:
         """Swap in a new routing table atomically; replicas that left get their idle
         connections closed (requests in flight on them finish)."""
         old = self.table
-        self.table = RouteTable(spec, self.cfg.policy, old.upstreams)
+        self.table = RouteTable(spec, self.cfg.policy, old.upstreams, self.tls)
+        self.hold.installed()  # requests held for a replica look again
         for url, up in old.upstreams.items():
             if url not in self.table.upstreams:
                 up.close()

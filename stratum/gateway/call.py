@@ -24,8 +24,9 @@ class Call:
     path: str  # percent-decoded, for routing
     target: str  # path and query exactly as sent, for forwarding
     headers: dict[bytes, bytes]  # names lower-case
-    client: str | None
+    client: str | None  # the peer's address: what rate limits count per client
     read_body: Callable[[], Awaitable[bytes]]
+    port: int | None = None  # the peer's port, for the audit log's source
 
 
 def route_label(path: str) -> str:

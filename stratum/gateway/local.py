@@ -1,6 +1,7 @@
 """The gateway's own routes: ``/v2/health/live``, ``/v2/health/ready`` (some replica is
 healthy), ``/metrics``, ``GET|PUT /admin/routes`` (the supervisor installs the routing
-table here) and ``GET /admin/info``. Admission (keys, admin token) happens before these."""
+table here), ``GET /admin/info`` and ``GET /openapi.json`` (``gateway.openapi``).
+Admission (keys, admin token) happens before these."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import orjson
 from pydantic import ValidationError
 
 from stratum.config.settings import GatewaySettings
-from stratum.errors import BadRequestError
+from stratum.errors import BadRequestError, MethodNotAllowedError
 from stratum.gateway.call import JSON_HEADERS, Call, read_call_body
+from stratum.gateway.hold import Hold, routed
 from stratum.gateway.metrics import GatewayMetrics
+from stratum.gateway.openapi import document_json
 from stratum.gateway.retry import RetryBudget
 from stratum.gateway.traffic import RoutesSpec, RouteTable
 
@@ -29,43 +32,71 @@ class GatewayState(Protocol):
     table: RouteTable
     metrics: GatewayMetrics
     budget: RetryBudget
+    hold: Hold
 
     def install(self, spec: RoutesSpec) -> None: ...
+
+
+Handler = Callable[[Call], Awaitable[Answer]]
 
 
 class LocalRoutes:
     def __init__(self, gw: GatewayState) -> None:
         self.gw = gw
+        # Everything the gateway answers itself (the rest under /v1/ and /v2 is forwarded);
+        # its OpenAPI document lists the same, which a unit test checks.
+        self.table: dict[tuple[str, str], Handler] = {
+            ("GET", "/v2/health/live"): self._live,
+            ("GET", "/v2/health/ready"): self._ready,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/admin/routes"): self._get_routes,
+            ("PUT", "/admin/routes"): self._put_routes,
+            ("GET", "/admin/info"): self._info,
+            ("GET", "/openapi.json"): self._openapi,
+        }
+        self._methods: dict[str, list[str]] = {}
+        for method, path in self.table:
+            self._methods.setdefault(path, []).append(method)
 
-    def find(self, method: str, path: str) -> Callable[[Call], Awaitable[
-            Answer]] | None:
-        if path == "/v2/health/live":
-            return self._live
-        if path == "/v2/health/ready":
-            return self._ready
-        if path == "/metrics":
-            return self._metrics
-        if path == "/admin/routes":
-            return self._put_routes if method == "PUT" else self._get_routes
-        if path == "/admin/info":
-            return self._info
-        return None
+    def find(self, method: str, path: str) -> Handler | None:
+        """The handler of a local route; a local path asked with another method gets one
+        that answers 405 (after admission: /admin/* still answers 401 first)."""
+        handler = self.table.get((method, path))
+        if handler is None and path in self._methods:
+            return self._not_allowed
+        return handler
+
+    async def _not_allowed(self, call: Call) -> Answer:
+        raise MethodNotAllowedError(f"{call.method} is not allowed on {call.path}; use "
+                                    f"{', '.join(self._methods[call.path])}")
+
+    async def _openapi(self, _: Call) -> Answer:
+        return 200, JSON_HEADERS, document_json()
 
     async def _live(self, _: Call) -> Answer:
         return 200, JSON_HEADERS, b'{"live":true}'
 
     async def _ready(self, _: Call) -> Answer:
-        ok = any(u.healthy for u in self.gw.table.upstreams.values())
+        # A deployment scaled to zero takes requests (held while a replica starts): a load
+        # balancer must keep sending them, or nothing would ever wake it.
+        ok = any(u.healthy for u in self.gw.table.upstreams.values()) or any(
+            not routed(p) for p in self.gw.table.pools.values())
         return (200 if ok else 503), JSON_HEADERS, orjson.dumps({"ready": ok})
 
     async def _metrics(self, _: Call) -> Answer:
         ups = self.gw.table.upstreams.values()
         self.gw.metrics.replicas.set(len(ups))
         self.gw.metrics.healthy.set(sum(1 for u in ups if u.healthy))
+        self.gw.metrics.held.set(self.gw.hold.held())
         return 200, [(b"content-type", b"text/plain; version=0.0.4")], self.gw.metrics.render()
 
     async def _get_routes(self, _: Call) -> Answer:
-        return 200, JSON_HEADERS, orjson.dumps(self.gw.table.describe())
+        return 200, JSON_HEADERS, orjson.dumps(self._shown())
+
+    def _shown(self) -> dict[str, object]:
+        """The table, each replica's counters and the requests held per pool: what the
+        control plane's autoscaler reads."""
+        return self.gw.table.describe() | {"waiting": dict(self.gw.hold.waiting)}
 
     async def _info(self, _: Call) -> Answer:
         ups = self.gw.table.upstreams.values()
@@ -82,5 +113,5 @@ class LocalRoutes:
         except ValidationError as exc:
             raise BadRequestError(f"invalid routes: {exc.errors(include_url=False)}") from exc
         self.gw.install(spec)
-        return 200, JSON_HEADERS, orjson.dumps(self.gw.table.describe())
+        return 200, JSON_HEADERS, orjson.dumps(self._shown())
 

@@ -30,6 +30,8 @@ class GatewayMetrics:
                              registry=r)
         self.replicas = Gauge("stratum_gateway_replicas", "Replicas in the routing table",
                               registry=r)
+        self.held = Gauge("stratum_gateway_held_requests", "Requests waiting for a replica "
+                          "of a deployment scaled to zero", registry=r)
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, code: int, seconds: float) -> None:

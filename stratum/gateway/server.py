@@ -8,8 +8,10 @@ limit, and the response goes out in one write. The gateway stays an ASGI app too
 (``Gateway`` is callable), so uvicorn or an in-process test client can still serve it.
 
 Keep-alive, pipelined requests (answered in order) and chunked request bodies are
-supported; ``Expect: 100-continue`` is answered. SIGTERM stops accepting, lets requests in
-flight finish (up to ``grace`` seconds) and closes idle connections.
+supported; ``Expect: 100-continue`` is answered. SIGTERM stops accepting, answers what
+arrives for a second more with ``connection: close`` (so keep-alive clients move to a
+sibling gateway on the same port without a reset), lets requests in flight finish (up to
+``grace`` seconds) and closes idle connections.
 
 ``gateway.http`` (``stratum.httplimits``) bounds what a client may send: URL, header bytes
 and count are counted in the parser callbacks and refused (414, 431) before more is
@@ -34,6 +36,7 @@ from stratum.errors import PayloadTooLargeError, StratumError
 from stratum.gateway.app import Gateway
 from stratum.gateway.call import Call
 from stratum.httplimits import BODY, HEAD, IDLE, Refused, Watch, head_overflows, refusal
+from stratum.security.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client: str | None = None
+        self.client_port: int | None = None  # for the audit log of /admin/*
         self.current = _Request()
         self.queue: deque[_Request] = deque()
         self.busy = False
@@ -90,6 +94,7 @@ class _Connection(asyncio.Protocol):
             return
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else None
+        self.client_port = peer[1] if peer else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.watch.conns.discard(self)
@@ -202,7 +207,7 @@ class _Connection(asyncio.Protocol):
             return req.body[0] if len(req.body) == 1 else b"".join(req.body)
 
         call = Call(req.method, path, req.url.decode("latin-1"), req.headers, self.client,
-                    read_body)
+                    read_body, self.client_port)
         try:
             status, headers, body = await self.gateway.handle(call)
         except Exception:  # a bug must not kill the connection silently
@@ -252,10 +257,17 @@ class _Connection(asyncio.Protocol):
 class GatewayServer:
     """Serve ``gateway`` on ``host:port`` until SIGTERM/SIGINT."""
 
-    def __init__(self, gateway: Gateway, host: str, port: int, grace: float = 30.0) -> None:
+    def __init__(self, gateway: Gateway, host: str, port: int, grace: float = 30.0, *,
+                 reuse_port: bool = False, admin_port: int | None = None) -> None:
+        """``reuse_port``: share ``port`` with the deployment's other gateways (the kernel
+        spreads connections among them); ``admin_port``: a loopback port of this process
+        alone, where the supervisor's probes and pushes reach it and not a sibling."""
         self.gateway = gateway
         self.host, self.port, self.grace = host, port, grace
+        self.reuse_port, self.admin_port = reuse_port, admin_port
+        self.drain = 1.0  # seconds idle keep-alive connections get to see "connection: close"
         self.watch = Watch(gateway.cfg.http)
+        self.tls = server_context(gateway.cfg.tls, where="gateway")  # ConfigError: bad files
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
 
@@ -264,16 +276,36 @@ class GatewayServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = await loop.create_server(lambda: _Connection(self), self.host, self.port,
-                                          backlog=4096, reuse_address=True)
+        tls = self.tls
+        # The handshake runs before a connection reaches ``Watch``: bound it by the same
+        # clock as a request's head, so a client that never finishes one cannot hold a
+        # socket for asyncio's default minute.
+        handshake = self.gateway.cfg.http.header_timeout_s if tls is not None else None
+        servers = [await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, backlog=4096, reuse_address=True,
+            reuse_port=self.reuse_port, ssl=tls, ssl_handshake_timeout=handshake)]
+        if self.admin_port is not None:
+            servers.append(await loop.create_server(
+                lambda: _Connection(self), "127.0.0.1", self.admin_port, backlog=128,
+                reuse_address=True, ssl=tls, ssl_handshake_timeout=handshake))
         self.gateway.start_background()
-        log.info("gateway listening on http://%s:%d", self.host, self.port)
+        log.info("gateway listening on %s://%s:%d", self.gateway.cfg.tls.scheme, self.host,
+                 self.port)
         try:
             await stop.wait()
         finally:
             self.stopping = True
-            server.close()
+            for server in servers:
+                server.close()
             self.watch.stop()
+            # Drain before closing idle connections: a client that sends on a connection we
+            # close at that instant sees a reset. Each request now gets its answer with
+            # "connection: close" (``stopping``), so busy keep-alive clients move to a
+            # sibling gateway within a request; only the truly idle are closed after.
+            drain_until = loop.time() + min(self.drain, self.grace)
+            while loop.time() < drain_until and any(
+                    not c.closing for c in self.watch.conns):  # type: ignore[attr-defined]
+                await asyncio.sleep(0.02)
             for conn in list(self.watch.conns):
                 conn.close_if_idle()  # type: ignore[attr-defined]
             deadline = loop.time() + self.grace

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
@@ -98,8 +99,9 @@ class Pool:
         share to the other one rather than fail requests."""
         if len(self.groups) == 1:
             return self.groups[0]
-        g = self.groups[bisect.bisect(self._cum, rnd * self._cum[-1])
-                        if self._cum[-1] > 0 else 0]
+        at = bisect.bisect(self._cum, rnd * self._cum[-1]) if self._cum[-1] > 0 else 0
+        # Past the end when rnd * total rounds up to the total, or weights sum to inf.
+        g = self.groups[min(at, len(self.groups) - 1)]
         if any(u.healthy for u in g.replicas):
             return g
         for other in self.groups:
@@ -118,8 +120,10 @@ class Pool:
 class RouteTable:
     """An immutable snapshot of the routes; build a new one to change anything."""
 
-    def __init__(self, spec: RoutesSpec, policy: str, known: dict[str, Upstream]) -> None:
+    def __init__(self, spec: RoutesSpec, policy: str, known: dict[str, Upstream],
+                 tls: ssl.SSLContext | None = None) -> None:
         self.spec = spec
+        self.tls = tls
         self.etag = spec.etag()
         self.policy = spec.policy or policy
         self.pools: dict[str, Pool] = {}
@@ -141,7 +145,7 @@ class RouteTable:
                known: dict[str, Upstream], secrets: Mapping[str, str]) -> Group:
         ups = []
         for url in urls:
-            up = Upstream(url)  # normalises the URL
+            up = Upstream(url, self.tls)  # normalises the URL
             up = known.get(up.url) or self.upstreams.get(up.url) or up
             # A port can come back as another replica (a restart, a new generation).
             up.set_secret(secrets.get(url))
@@ -159,6 +163,7 @@ class RouteTable:
             "routes": self.spec.redacted(),
             "replicas": {
                 u.url: {"healthy": u.healthy, "outstanding": u.outstanding,
+                        "inflight_s": round(u.inflight_so_far(), 6),
                         "requests": u.requests, "errors": u.errors}
                 for u in self.upstreams.values()
             },

@@ -9,6 +9,8 @@ models, header normalisation, transports) costs several times the hop itself.
 from __future__ import annotations
 
 import asyncio
+import ssl
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -32,9 +34,11 @@ class UpstreamResponse:
 
 @dataclass(eq=False)
 class Upstream:
-    """A replica: URL, pooled connections, outstanding requests and health state."""
+    """A replica: URL, pooled connections, outstanding requests and health state.
+    ``tls``: what an ``https://`` replica is verified with and shown (``client_tls``)."""
 
     url: str
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
     host: str = field(init=False)
     port: int = field(init=False)
     outstanding: int = 0
@@ -42,17 +46,49 @@ class Upstream:
     failures: int = 0  # consecutive failed requests (passive ejection counts these)
     requests: int = 0
     errors: int = 0
+    # Request-seconds in flight to it so far: its growth over a time span divided by the
+    # span is the mean number in flight then (Little's law), what the autoscaler reads;
+    # instant ``outstanding`` samples alias with the waves a closed-loop load makes.
+    inflight_s: float = 0.0
+    _changed: float = field(default_factory=time.monotonic, repr=False)
     _idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = field(
         default_factory=list, repr=False)
     _fixed: bytes = field(init=False, repr=False)  # header lines every request carries
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise ConfigError(f"replica URL {self.url!r} must look like http://HOST:PORT")
-        self.url = f"http://{parts.hostname}:{parts.port}"
-        self.host, self.port = parts.hostname, parts.port
+        try:
+            parts = urlsplit(self.url)
+            port = parts.port
+        except ValueError:  # a port past 65535 or not a number, a broken [IPv6]: a 400
+            port = None
+        if port is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"replica URL {self.url!r} must look like http://HOST:PORT "
+                              "or https://HOST:PORT")
+        if parts.scheme == "https" and self.tls is None:
+            raise ConfigError(f"replica URL {self.url!r} is https but this gateway has no "
+                              "TLS client context")
+        self.url = f"{parts.scheme}://{parts.hostname}:{port}"
+        self.host, self.port = parts.hostname, port
+        if parts.scheme == "http":
+            self.tls = None
         self.set_secret(None)
+
+    def begin(self) -> None:
+        """A request goes to this replica (it counts as outstanding until ``end``)."""
+        now = time.monotonic()
+        self.inflight_s += self.outstanding * (now - self._changed)
+        self._changed = now
+        self.outstanding += 1
+
+    def end(self) -> None:
+        now = time.monotonic()
+        self.inflight_s += self.outstanding * (now - self._changed)
+        self._changed = now
+        self.outstanding -= 1
+
+    def inflight_so_far(self) -> float:
+        """``inflight_s`` up to now, the requests still outstanding included."""
+        return self.inflight_s + self.outstanding * (time.monotonic() - self._changed)
 
     def set_secret(self, secret: str | None) -> None:
         """Send ``secret`` to this replica from now on (None: send none)."""
@@ -79,7 +115,8 @@ class Upstream:
                         return await self._exchange(conn, head, body)
                     except _StaleConnection:
                         continue
-                conn = await asyncio.open_connection(self.host, self.port)
+                conn = await (asyncio.open_connection(self.host, self.port) if self.tls is None
+                              else asyncio.open_connection(self.host, self.port, ssl=self.tls))
                 try:
                     return await self._exchange(conn, head, body)
                 except _StaleConnection as exc:
@@ -87,7 +124,7 @@ class Upstream:
         except TimeoutError as exc:
             raise UpstreamError(f"{self.url} did not answer within {timeout}s") from exc
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as exc:
+                ValueError) as exc:  # ssl.SSLError is an OSError: a refused handshake
             raise UpstreamError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
 
     async def _exchange(

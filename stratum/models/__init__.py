@@ -10,6 +10,9 @@ the online learner loads models it can fine-tune.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from stratum.models.frameworks import (
     FRAMEWORKS,
     PredictOptions,
@@ -19,8 +22,30 @@ from stratum.models.frameworks import (
     resolve_framework,
 )
 from stratum.models.outputs import num_outputs, softmax, spec_outputs
-from stratum.models.trainable import FineTune, Trainable
-from stratum.models.zoo import ZOO, build_model, load_network
+
+if TYPE_CHECKING:
+    from stratum.models.trainable import FineTune, Trainable
+    from stratum.models.zoo import ZOO, build_model, load_network
+
+# Names whose modules import torch (~1.1 s): loaded on first use, so that a replica serving
+# a cached ONNX export, or a scikit-learn model, never imports it.
+_LAZY = {
+    "FineTune": "stratum.models.trainable",
+    "Trainable": "stratum.models.trainable",
+    "ZOO": "stratum.models.zoo",
+    "build_model": "stratum.models.zoo",
+    "load_network": "stratum.models.zoo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
 
 __all__ = [
     "FRAMEWORKS",

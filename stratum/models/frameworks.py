@@ -4,7 +4,9 @@ config's model name to its framework.
 
 Each framework is one row of ``FRAMEWORKS``; nothing above this package branches on
 ``spec.framework``. The predictor modules are imported when a version of that framework is
-loaded, so a scikit-learn replica never pays for torch's ONNX exporter, and vice versa.
+loaded, so a scikit-learn replica never pays for torch's ONNX exporter, and vice versa;
+and a torch version whose ONNX export is cached is served without importing torch at all
+(``stratum.models.exported``), which is most of a replica's start-up otherwise.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from stratum.errors import ConfigError
 from stratum.models.estimators import SKLEARN_MODELS
-from stratum.models.trainable import SklearnModel, TorchModel, Trainable
 from stratum.store import LoadedModel
+
+if TYPE_CHECKING:
+    from stratum.models.trainable import Trainable
 
 
 class Predictor(Protocol):
@@ -45,6 +49,12 @@ class PredictOptions:
 
 
 def _torch_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
+    if o.torch_backend == "onnxruntime" and not o.compile and o.cache_dir is not None:
+        from stratum.models.exported import from_cache
+
+        cached = from_cache(loaded, o.threads, o.cache_dir)
+        if cached is not None:
+            return cached
     from stratum.models.torch_predictor import TorchPredictor
 
     return TorchPredictor(loaded, compile=o.compile, channels_last=o.channels_last,
@@ -64,6 +74,18 @@ def _sklearn_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
     return SklearnPredictor(loaded)
 
 
+def _torch_trainable(loaded: LoadedModel) -> Trainable:
+    from stratum.models.trainable import TorchModel
+
+    return TorchModel.load(loaded)
+
+
+def _sklearn_trainable(loaded: LoadedModel) -> Trainable:
+    from stratum.models.trainable import SklearnModel
+
+    return SklearnModel.load(loaded)
+
+
 @dataclass(frozen=True)
 class Framework:
     name: str
@@ -72,9 +94,9 @@ class Framework:
 
 
 FRAMEWORKS: dict[str, Framework] = {
-    "torch": Framework("torch", _torch_predictor, TorchModel.load),
+    "torch": Framework("torch", _torch_predictor, _torch_trainable),
     "onnx": Framework("onnx", _onnx_predictor, None),
-    "sklearn": Framework("sklearn", _sklearn_predictor, SklearnModel.load),
+    "sklearn": Framework("sklearn", _sklearn_predictor, _sklearn_trainable),
 }
 
 

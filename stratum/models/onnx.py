@@ -8,10 +8,15 @@ went from 3.2 to 40.7 ms a batch, TorchScript from 2.0 to 17.1 ms, ONNX Runtime 
 
 The registry keeps the safetensors weights as the source of truth; the ONNX graph is a
 derived artifact. It is exported with PyTorch's ``torch.export``-based exporter (batch
-dimension dynamic), cached on local disk by a digest of the weights, the spec and the
-library versions, and used only after its outputs match the eager network on a probe
-batch. Any failure (no onnxruntime/onnxscript, an op the exporter lacks, a mismatch)
-leaves the runtime on eager PyTorch and says why in ``fallback_reason``.
+dimension dynamic), used only after its outputs match the eager network on a probe
+batch, and then cached on local disk by a digest of the weights, the spec and the
+library versions. Any failure (no onnxruntime/onnxscript, an op the exporter lacks, a
+mismatch) leaves the runtime on eager PyTorch and says why in ``fallback_reason``.
+
+A cache entry carries the eager network's outputs on the probe batch in its own metadata
+(``PROBE_KEY``), so a replica can check a cached graph without the network: it never
+imports torch (about a second of start-up) to serve a version exported before. Nothing
+here imports torch at module level for the same reason.
 """
 
 from __future__ import annotations
@@ -22,14 +27,18 @@ import logging
 import os
 import tempfile
 import warnings
+from functools import cache
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from torch import nn
 
 PROBE_ROWS = 3
+PROBE_KEY = "stratum.probe"  # metadata entry: {"shape": [...], "y": [...]} of the eager net
 
 
 def session(model: bytes, threads: int | None) -> Any:
@@ -45,20 +54,25 @@ def session(model: bytes, threads: int | None) -> Any:
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
+@cache
+def _versions() -> dict[str, str]:
+    # The installed distributions' versions, read from their metadata: the same strings as
+    # the modules' __version__, without importing torch and onnxscript (~1.5 s together).
+    # A missing one raises PackageNotFoundError, an ImportError, as the import did.
+    return {p: metadata.version(p) for p in ("torch", "onnxscript", "onnxruntime")}
+
+
 def cache_key(weights: bytes, spec: dict[str, Any]) -> str:
     """What the exported graph depends on: weights, network definition, library versions."""
-    import onnxruntime
-    import onnxscript
-
     h = hashlib.sha256(weights)
-    h.update(json.dumps({"spec": spec, "torch": torch.__version__,
-                         "onnxscript": onnxscript.__version__,
-                         "onnxruntime": onnxruntime.__version__}, sort_keys=True).encode())
+    h.update(json.dumps({"spec": spec, **_versions()}, sort_keys=True).encode())
     return h.hexdigest()[:32]
 
 
 def export_onnx(net: nn.Module, input_shape: list[int]) -> bytes:
     """The network as an ONNX model with a dynamic batch dimension (input ``x``)."""
+    import torch
+
     example = torch.zeros(2, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about optional packages
@@ -72,24 +86,58 @@ def export_onnx(net: nn.Module, input_shape: list[int]) -> bytes:
     return data
 
 
-def cached_export(net: nn.Module, input_shape: list[int], key: str,
-                  cache_dir: Path | None, *, refresh: bool = False) -> tuple[bytes, bool]:
-    """``(onnx bytes, from_cache)``; a fresh export (always, with ``refresh``) is written
-    atomically to the cache, replacing what was there."""
-    path = cache_dir / "onnx" / f"{key}.onnx" if cache_dir is not None else None
-    if path is not None and path.exists() and not refresh:
-        return path.read_bytes(), True
-    data = export_onnx(net, input_shape)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return data, False
+def with_probe(model: bytes, want: np.ndarray) -> bytes:
+    """``model`` with the eager network's probe outputs in its metadata (``PROBE_KEY``)."""
+    import onnx
+
+    proto = onnx.load_model_from_string(model)
+    for i, prop in enumerate(proto.metadata_props):
+        if prop.key == PROBE_KEY:
+            del proto.metadata_props[i]
+            break
+    entry = proto.metadata_props.add()
+    entry.key = PROBE_KEY
+    entry.value = json.dumps({"shape": list(want.shape),
+                              "y": want.astype(np.float32).ravel().tolist()})
+    data: bytes = proto.SerializeToString()
+    return data
+
+
+def embedded_probe(sess: Any) -> np.ndarray | None:
+    """The probe outputs a cached graph carries, or None (an entry from before they did)."""
+    raw = sess.get_modelmeta().custom_metadata_map.get(PROBE_KEY)
+    if raw is None:
+        return None
+    doc = json.loads(raw)
+    return np.asarray(doc["y"], dtype=np.float32).reshape(doc["shape"])
+
+
+def entry_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "onnx" / f"{key}.onnx"
+
+
+def read_entry(cache_dir: Path | None, key: str) -> bytes | None:
+    if cache_dir is None:
+        return None
+    try:
+        return entry_path(cache_dir, key).read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def write_entry(cache_dir: Path | None, key: str, data: bytes) -> None:
+    """Write ``data`` atomically (a temporary file, then a rename), replacing the entry."""
+    if cache_dir is None:
+        return
+    path = entry_path(cache_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def matches(got: np.ndarray, want: np.ndarray) -> bool:
@@ -103,4 +151,5 @@ def probe(input_shape: list[int]) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(PROBE_ROWS, *input_shape)).astype(np.float32)
 
 
-__all__ = ["cache_key", "cached_export", "export_onnx", "matches", "probe", "session"]
+__all__ = ["PROBE_KEY", "cache_key", "embedded_probe", "export_onnx", "matches", "probe",
+           "read_entry", "session", "with_probe", "write_entry"]

@@ -3,7 +3,8 @@
 With ``backend="onnxruntime"`` (the replica's default, ``serve.torch_backend``) the network
 runs in ONNX Runtime: exported at load, checked against the eager network, cached by
 weights digest — see ``stratum.models.onnx`` for why (the GIL). Otherwise, or when that
-fails, it runs eagerly under ``inference_mode``.
+fails, it runs eagerly under ``inference_mode``. (Once the export is cached, a replica is
+served by ``stratum.models.exported`` and never builds this class, nor imports torch.)
 
 Convolutional networks are served in the channels-last (NHWC) memory layout: oneDNN's CPU
 convolutions and pooling run 2-3x faster on it than on the NCHW layout a network trains
@@ -23,7 +24,7 @@ from torch import nn
 
 from stratum.errors import IntegrityError
 from stratum.models import onnx as tx
-from stratum.models.outputs import softmax
+from stratum.models.exported import ExportedPredictor
 from stratum.models.zoo import load_network
 from stratum.store import LoadedModel
 
@@ -41,10 +42,11 @@ class TorchPredictor:
         self._classify = spec.task == "classification"
         self.backend = "eager"
         self.fallback_reason: str | None = None
-        self._session: Any = None
+        self._exported: ExportedPredictor | None = None
         if backend == "onnxruntime":
             try:
-                self._session = _onnx_session(net, loaded, threads, cache_dir)
+                self._exported = ExportedPredictor(
+                    _onnx_session(net, loaded, threads, cache_dir), self._classify)
                 self.backend = "onnxruntime"
             except Exception as exc:  # anything the exporter or ORT raises: serve eagerly
                 self.fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -58,9 +60,8 @@ class TorchPredictor:
         self._net = torch.compile(net, dynamic=True) if compile else net
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        if self._session is not None:
-            (z,) = self._session.run(None, {"x": x.astype(np.float32, copy=False)})
-            return softmax(z) if self._classify else z.reshape(-1)
+        if self._exported is not None:
+            return self._exported.predict(x)
         if not x.flags.writeable:  # a binary OIP tensor is a view of the request bytes
             x = x.copy()
         with torch.inference_mode():
@@ -74,25 +75,30 @@ class TorchPredictor:
 
 def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
                   cache_dir: Path | None) -> Any:
-    """An ONNX Runtime session whose outputs match ``net``'s on a probe batch."""
+    """An ONNX Runtime session whose outputs match ``net``'s on a probe batch; the graph is
+    cached (with those outputs, for ``exported.from_cache``) only once it does."""
     spec = loaded.spec
     key = tx.cache_key(loaded.weights_blob, spec.model_dump(mode="json"))
     x = tx.probe(spec.input_shape)
     with torch.inference_mode():
         want = net(torch.from_numpy(x)).numpy()
-    data, cached = tx.cached_export(net, spec.input_shape, key, cache_dir)
-    if cached:
+    data = tx.read_entry(cache_dir, key)
+    if data is not None:
         try:
             sess = tx.session(data, threads)
             if tx.matches(sess.run(None, {"x": x})[0], want):
+                carried = tx.embedded_probe(sess)  # None: cached before entries carried it
+                if carried is None or not tx.matches(carried, want):
+                    tx.write_entry(cache_dir, key, tx.with_probe(data, want))
                 return sess
         except Exception:  # a damaged entry: ONNX Runtime cannot even load it
             pass
         # A stale or damaged cache entry: export afresh, overwriting it.
-        data, _ = tx.cached_export(net, spec.input_shape, key, cache_dir, refresh=True)
+    data = tx.with_probe(tx.export_onnx(net, spec.input_shape), want)
     sess = tx.session(data, threads)
     if not tx.matches(sess.run(None, {"x": x})[0], want):
         raise IntegrityError("the exported ONNX graph does not match the network")
+    tx.write_entry(cache_dir, key, data)
     return sess
 
 

@@ -9,6 +9,7 @@ endpoint only (HTTP), so it measures what a user would see.
 from __future__ import annotations
 
 import math
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -79,7 +80,8 @@ def stream(url: str, model: str, images: np.ndarray, labels: np.ndarray, *,
            requests: int, rotate_after: int | None = None, angles: tuple[float, float] = (30, 45),
            feedback: bool = True, block: int = 200, window: int = 200,
            headers: dict[str, str] | None = None, should_stop: Callable[[], bool] = lambda: False,
-           on_tick: Callable[[DemoTick], None] | None = None) -> DemoResult:
+           on_tick: Callable[[DemoTick], None] | None = None,
+           verify: ssl.SSLContext | bool = True) -> DemoResult:
     """Send ``requests`` single-digit predictions (cycling through ``images``), each
     followed by its label as feedback; return per-block accuracy and versions seen."""
     turned = rotated(images, *angles) if rotate_after is not None else images
@@ -88,7 +90,8 @@ def stream(url: str, model: str, images: np.ndarray, labels: np.ndarray, *,
     block_hits: list[bool] = []
     version: int | None = None
     seen: list[int] = []
-    with httpx.Client(base_url=url, timeout=30.0, headers=headers or {}) as client:
+    with httpx.Client(base_url=url, timeout=30.0, headers=headers or {},
+                      verify=verify) as client:
         for i in range(requests):
             if should_stop():
                 break

@@ -27,6 +27,8 @@ class KeyRecord(Protocol):
     @property
     def key_id(self) -> str: ...
     @property
+    def name(self) -> str: ...
+    @property
     def key_hash(self) -> str: ...
     @property
     def scopes(self) -> Sequence[str]: ...
@@ -43,6 +45,7 @@ class _Verdict:
     key_id: str | None  # None: the key is unknown, revoked or wrong
     scopes: frozenset[str]
     expires: float
+    name: str = ""
 
 
 class KeyChecker:
@@ -79,7 +82,19 @@ class KeyChecker:
         row = self.keys.api_key(key_id) if key_id else None
         if row is None or row.revoked_at is not None or not verify_key(key, row.key_hash):
             return _Verdict(None, frozenset(), now + self.ttl)
-        return _Verdict(row.key_id, frozenset(row.scopes), now + self.ttl)
+        return _Verdict(row.key_id, frozenset(row.scopes), now + self.ttl, row.name)
+
+    def actor(self, key: str | None) -> str:
+        """Who presented ``key``, for the audit log, never the key itself: ``key:ID NAME``
+        once ``authorize`` saw it valid (whether or not its scope sufficed), ``key:ID
+        (invalid)`` for a wrong or revoked one, ``anonymous`` for none."""
+        if not key:
+            return "anonymous"
+        v = self._cache.get(key)
+        if v is not None and v.key_id is not None:
+            return f"key:{v.key_id} {v.name}".rstrip()
+        claimed = key_id_of(key)  # the public part of a key, if it looks like one
+        return f"key:{claimed[:32]} (invalid)" if claimed else "anonymous (invalid key)"
 
 
 def presented_key(headers: dict[bytes, bytes]) -> str | None:

@@ -24,6 +24,7 @@ from stratum.errors import ConfigError, StratumError
 from stratum.httplimits import uvicorn_options
 from stratum.security.access import warn_if_auth_off
 from stratum.security.names import validate_name
+from stratum.security.tls import uvicorn_ssl
 from stratum.security.tokens import REPLICA_SECRET_ENV, check_replica_secret
 from stratum.store import Store, parse_ref
 
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         validate_name(name, "model name")
         if args.name:
             validate_name(args.name, "deployment name")
+        tls = uvicorn_ssl(settings.serve.tls, where="serve")
         replica = _build(settings, name, ref, args.name, secret)
     except StratumError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=False, server_header=False, log_level="warning",
         timeout_graceful_shutdown=int(settings.serve.drain_timeout_s),
         **uvicorn_options(settings.serve.http),  # httptools, with serve.http's limits
+        **tls,  # serve.tls: HTTPS, mutual when it names a client CA
     )
     return 0
 

@@ -30,16 +30,18 @@ from stratum.asgi import JSON, Handler, Request, Response, Router, read_body
 from stratum.config import Settings
 from stratum.errors import AuthError, NotFoundError, StratumError
 from stratum.security.tokens import REPLICA_SECRET_HEADER
-from stratum.serve import admin, routes
+from stratum.serve import admin, openapi, routes
 from stratum.serve.intake import Intake
 from stratum.serve.metrics import ReplicaMetrics
 from stratum.serve.swap import ModelSlot, Swapper
 from stratum.store import Store
+from stratum.store.audit import AuditLog, Auditor
 
 log = logging.getLogger(__name__)
 
 _ID_MAX = 128
-_OPEN = frozenset(("/v2/health/live", "/v2/health/ready"))  # probes need no secret
+# The probes and the API document (static, no secrets in it) need no secret.
+_OPEN = frozenset(("/v2/health/live", "/v2/health/ready", "/openapi.json"))
 
 
 class Replica:
@@ -62,6 +64,9 @@ class Replica:
         self._limit = settings.serve.max_body_bytes
         self._pending_slot: ModelSlot | None = None
         self.intake = Intake(settings, store.meta, model_name)
+        # Who can call /admin/swap and /admin/drain: the holder of the deployment secret.
+        self.admin_actor = "supervisor" if secret else "anonymous (no replica secret)"
+        self.audit = Auditor("replica", AuditLog(store.meta))
         self.capture = self.intake.capture  # here too: the inference routes read it per request
         self.router = Router()
         self._add_routes()
@@ -111,6 +116,7 @@ class Replica:
             ("POST", "/admin/swap", admin.swap),
             ("POST", "/admin/drain", admin.drain),
             ("POST", "/v1/models/{name}/feedback", routes.feedback),
+            ("GET", "/openapi.json", openapi.openapi),
         )
         for method, template, handler in table:
             # A bound method, not a partial or a closure: no extra call layer per request.
@@ -146,6 +152,8 @@ class Replica:
         try:
             if self._secret is not None and path not in _OPEN and not hmac.compare_digest(
                     headers.get(REPLICA_SECRET_HEADER, "").encode("latin-1"), self._secret):
+                if path.startswith("/admin/") and method != "GET":  # audited, refused
+                    await admin.refused(self, method, path, scope.get("client"))
                 raise AuthError("this replica answers only its gateway and control plane",
                                 hint="send requests through the deployment's gateway")
             found = self.router.match(method, path)
@@ -156,7 +164,8 @@ class Replica:
             label = route.template
             body = (await read_body(receive, self._limit, headers.get("content-length"))
                     if route.reads_body else b"")
-            resp = await route.handler(Request(method, path, params, headers, body, rid))
+            resp = await route.handler(Request(method, path, params, headers, body, rid,
+                                               scope.get("client")))
         except StratumError as exc:
             resp = Response(exc.http_status, orjson.dumps(exc.to_dict()))
         except Exception:  # a bug, not bad input: log it, answer 500

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stratum.config import Settings
+from stratum.security.artifact_keys import load_keyring
 from stratum.security.home import private_home
 from stratum.store.artifacts import (
     ArtifactStore,
@@ -35,10 +36,12 @@ class Store:
     def open(cls, settings: Settings) -> Store:
         assert settings.metadata_url and settings.artifact_url
         private_home(settings.home)  # before anything is created in it: see security.home
+        keys = load_keyring(settings.artifact_key_files)  # a bad key file fails before I/O
         return cls(
             meta=MetadataStore.open(settings.metadata_url),
             artifacts=open_artifacts(
-                settings.artifact_url, settings.artifact_options, settings.home / "cache"
+                settings.artifact_url, settings.artifact_options, settings.home / "cache",
+                keys=keys,
             ),
         )
 

@@ -4,6 +4,12 @@ Two implementations, picked from the URL: a local folder (the embedded default) 
 fsspec filesystem such as ``s3://bucket/prefix`` (at scale). Writes are atomic — a local
 temp file renamed into place, or an object PUT / multipart upload that S3 publishes only
 when complete — and every object gets a ``.sha256`` sidecar that reads verify.
+
+With a key ring (the ``artifact_key_files`` setting) every write path seals the bytes
+(``stratum.security.encryption``) and every read path opens them. The sidecar stays the
+SHA-256 of the plaintext, the content identity callers pass around, and is checked after
+decryption as before; a plaintext object written before the keys were configured still
+reads, told apart by the sealed format's magic bytes.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from typing import IO, Any, Protocol, runtime_checkable
 import fsspec
 
 from stratum.errors import ConfigError, IntegrityError, NotFoundError
+from stratum.security.artifact_keys import KeyRing
+from stratum.security.encryption import HEADER_SIZE, Sealer, is_sealed, unseal_bytes
 from stratum.security.names import validate_artifact_path
+from stratum.store.sealed import SealedAccess
 
 _CHUNK = 1 << 20
 SIDECAR = ".sha256"
@@ -35,20 +44,37 @@ def sha256_file(path: str | Path) -> str:
 
 
 class PendingWrite:
-    """A file being written; ``digest`` is set once the write is committed."""
+    """A file being written; ``digest`` is set once the write is committed.
 
-    def __init__(self, handle: IO[bytes], local_path: Path) -> None:
+    Write through ``write``: it hashes the plaintext and, with a key, seals it on its way
+    into ``handle`` (the temp file, which then holds ciphertext).
+    """
+
+    def __init__(self, handle: IO[bytes], local_path: Path, keys: KeyRing | None = None
+                 ) -> None:
         self.handle = handle
         self.local_path = local_path
         self.digest: str | None = None
+        self._hash = hashlib.sha256()
+        self._sealer = Sealer(handle, keys.primary) if keys is not None else None
 
     def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        if self._sealer is not None:
+            return self._sealer.write(data)
         return self.handle.write(data)
+
+    def finish(self) -> str:
+        """Seal the last chunk (if sealing); return the plaintext's SHA-256."""
+        if self._sealer is not None:
+            self._sealer.close()
+        return self._hash.hexdigest()
 
 
 @runtime_checkable
 class ArtifactStore(Protocol):
     url: str
+    keys: KeyRing | None  # None: objects are written as given
 
     def put_file(self, path: str, local_path: str | Path, *, digest: str | None = None
                  ) -> str: ...
@@ -61,12 +87,15 @@ class ArtifactStore(Protocol):
     def exists(self, path: str) -> bool: ...
     def list(self, prefix: str = "") -> list[str]: ...
     def delete(self, path: str) -> None: ...
+    def reseal(self, path: str) -> bool: ...
+    def verify(self, path: str) -> str: ...
 
 
-class _Base:
+class _Base(SealedAccess):
     """Shared logic: the sidecar protocol and the streaming writer."""
 
     url: str
+    keys: KeyRing | None = None
 
     def staging_dir(self) -> Path:
         """A local folder for files about to be published: ``put_file`` moves a file from
@@ -82,19 +111,21 @@ class _Base:
     def _tmp_root(self) -> Path:
         raise NotImplementedError
 
-    def _commit(self, path: str, local_path: Path) -> None:
-        raise NotImplementedError
-
     def _read(self, path: str) -> bytes:
         raise NotImplementedError
 
     def put_file(self, path: str, local_path: str | Path, *, digest: str | None = None
                  ) -> str:
         """Publish a local file under ``path``; a file in ``staging_dir()`` is moved, not
-        copied. Pass ``digest`` when the caller hashed the bytes as it wrote them."""
+        copied (with a key: sealed, then removed). Pass ``digest`` when the caller hashed
+        the bytes as it wrote them."""
         validate_artifact_path(path)
+        local_path = Path(local_path)
         digest = digest or sha256_file(local_path)
-        self._commit(path, Path(local_path))
+        if self.keys is None:
+            self._commit(path, local_path)
+        else:
+            self._commit_sealed(path, local_path, self.keys)
         self._write_sidecar(path, digest)
         return digest
 
@@ -112,11 +143,12 @@ class _Base:
         local = Path(tmp)
         try:
             with os.fdopen(fd, "wb") as fh:
-                pending = PendingWrite(fh, local)
+                pending = PendingWrite(fh, local, self.keys)
                 yield pending
+                digest = pending.finish()
                 fh.flush()
                 os.fsync(fh.fileno())
-            pending.digest = sha256_file(local)
+            pending.digest = digest
             self._commit(path, local)
             self._write_sidecar(path, pending.digest)
         finally:
@@ -147,6 +179,8 @@ class _Base:
             data = self._read(path)
         except FileNotFoundError as exc:
             raise NotFoundError(f"artifact {path} not found in {self.url}") from exc
+        if is_sealed(data):  # whole in memory, as asked: get_bytes returns every byte
+            data = unseal_bytes(data, self.keys, path)
         if verify:
             expected = self.checksum(path)
             actual = hashlib.sha256(data).hexdigest()
@@ -161,13 +195,22 @@ class _Base:
 class LocalArtifactStore(_Base):
     """Artifacts in a local folder; temp files live inside it so rename stays atomic."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None, *,
+                 keys: KeyRing | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
+        self.keys = keys
+        # Only decrypted copies (local_copy of a sealed object) go here.
+        self.cache = (Path(cache_dir) / "stratum-artifact-cache" if cache_dir is not None
+                      else self.root / ".cache")
 
     def _tmp_root(self) -> Path:
         return self.root / ".tmp"
+
+    def _cache_dir(self) -> Path:
+        self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return self.cache
 
     def _path(self, path: str) -> Path:
         return self.root / validate_artifact_path(path)
@@ -186,10 +229,19 @@ class LocalArtifactStore(_Base):
     def _read(self, path: str) -> bytes:
         return (self.root / path).read_bytes()
 
+    def _open_raw(self, path: str) -> IO[bytes]:
+        return open(self.root / path, "rb")
+
     def local_copy(self, path: str, *, verify: bool = True) -> Path:
+        """The object's own file when it is plaintext; a sealed one is decrypted into a
+        private cache file."""
         p = self._path(path)
         if not p.exists():
             raise NotFoundError(f"artifact {path} not found in {self.url}")
+        with open(p, "rb") as fh:
+            sealed = is_sealed(fh.read(HEADER_SIZE))
+        if sealed:
+            return self._materialize(path, verify=verify)
         if verify and sha256_file(p) != self.checksum(path):
             raise IntegrityError(f"artifact {path} failed its checksum")
         return p
@@ -201,11 +253,10 @@ class LocalArtifactStore(_Base):
         base = self.root / prefix if prefix else self.root
         if not base.exists():
             return []
-        return sorted(
-            str(p.relative_to(self.root))
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(SIDECAR) and ".tmp" not in p.parts
-        )
+        found = (p.relative_to(self.root) for p in base.rglob("*") if p.is_file())
+        # Temp and cache folders start with "." and so are never artifact paths.
+        return sorted(str(p) for p in found
+                      if not p.name.endswith(SIDECAR) and p.parts[0] not in (".tmp", ".cache"))
 
     def delete(self, path: str) -> None:
         self._path(path).unlink(missing_ok=True)
@@ -216,17 +267,21 @@ class FsspecArtifactStore(_Base):
     """Artifacts on any fsspec filesystem (S3-compatible via s3fs); local temp, then upload."""
 
     def __init__(self, url: str, options: dict[str, Any] | None = None,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, *, keys: KeyRing | None = None) -> None:
         self.url = url.rstrip("/")
+        self.keys = keys
         try:
             self.fs, self.base = fsspec.core.url_to_fs(self.url, **(options or {}))
         except (ImportError, ValueError) as exc:
             raise ConfigError(f"cannot open artifact store {url!r}: {exc}") from exc
         self.cache = Path(cache_dir or tempfile.gettempdir()) / "stratum-artifact-cache"
-        self.cache.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _tmp_root(self) -> Path:
         return self.cache / ".tmp"
+
+    def _cache_dir(self) -> Path:
+        return self.cache
 
     def _full(self, path: str) -> str:
         return f"{self.base}/{validate_artifact_path(path)}"
@@ -239,15 +294,12 @@ class FsspecArtifactStore(_Base):
         data: bytes = self.fs.cat_file(self._full(path))
         return data
 
+    def _open_raw(self, path: str) -> IO[bytes]:
+        handle: IO[bytes] = self.fs.open(self._full(path), "rb")
+        return handle
+
     def local_copy(self, path: str, *, verify: bool = True) -> Path:
-        digest = self.checksum(path)
-        target = self.cache / digest
-        if not target.exists():
-            data = self.get_bytes(path, verify=verify)
-            tmp = target.with_suffix(".part")
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        return target
+        return self._materialize(path, verify=verify)
 
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(self._full(path)))
@@ -268,8 +320,10 @@ class FsspecArtifactStore(_Base):
 
 
 def open_artifacts(url: str, options: dict[str, Any] | None = None,
-                   cache_dir: str | Path | None = None) -> ArtifactStore:
-    """Pick the implementation from the URL: a plain path or ``file://`` → local folder."""
+                   cache_dir: str | Path | None = None, *, keys: KeyRing | None = None
+                   ) -> ArtifactStore:
+    """Pick the implementation from the URL: a plain path or ``file://`` → local folder.
+    With ``keys`` every object is written sealed (see the module docstring)."""
     if "://" not in url or url.startswith("file://"):
-        return LocalArtifactStore(url.removeprefix("file://"))
-    return FsspecArtifactStore(url, options, cache_dir)
+        return LocalArtifactStore(url.removeprefix("file://"), cache_dir, keys=keys)
+    return FsspecArtifactStore(url, options, cache_dir, keys=keys)

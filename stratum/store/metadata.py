@@ -315,11 +315,19 @@ class MetadataStore:
             return {a: v for a, v in rows}
 
     # -- deployments ----------------------------------------------------------------------
-    def put_deployment(self, name: str, spec: dict[str, Any]) -> m.Deployment:
-        """Create or replace the wanted state of a deployment; bumps its generation."""
+    def put_deployment(self, name: str, spec: dict[str, Any], *,
+                       if_generation: int | None = None) -> m.Deployment:
+        """Create or replace the wanted state of a deployment; bumps its generation.
+        ``if_generation``: only while the stored generation is that one (else a
+        ConflictError), so a writer that decided on an older spec (the autoscaler) never
+        overwrites a newer one (a deploy)."""
         validate_name(name, "deployment name")
         with self.session() as s:
-            dep = s.scalar(select(m.Deployment).where(m.Deployment.name == name))
+            query = select(m.Deployment).where(m.Deployment.name == name)
+            dep = s.scalar(query if if_generation is None else query.with_for_update())
+            if if_generation is not None and (dep is None or dep.generation != if_generation):
+                raise ConflictError(f"deployment {name!r} changed since generation "
+                                    f"{if_generation}", hint="decide again on the new one")
             if dep is None:
                 dep = m.Deployment(name=name, spec=spec, observed={}, status="pending")
                 s.add(dep)

@@ -166,3 +166,49 @@ class ProcessedMessage(Base):
     consumer: Mapped[str] = mapped_column(String(128), primary_key=True)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+# -- audit log (migration 0003) -----------------------------------------------------------
+class AuditRecord(Base):
+    """One admin action (or a refused attempt at one): who, from where, what, how it ended."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200), index=True)
+    source: Mapped[str] = mapped_column(String(200))
+    component: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# -- control-plane runtime (migration 0004) ----------------------------------------------
+class DeploymentRuntime(Base):
+    """What the leading control plane hands its processes, kept so that any instance can
+    take over: the routing table gateways serve (with the replicas' secrets, so it is never
+    shown by the API or the CLI), the current generation's replica secret and the gateways'
+    admin token. Gateways read ``routes`` at start and whenever ``etag`` changes."""
+
+    __tablename__ = "deployment_runtime"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    secret: Mapped[str] = mapped_column(String(128), default="")
+    gateway_token: Mapped[str] = mapped_column(String(128), default="")
+    etag: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    routes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ControlLeader(Base):
+    """The one row that names the leading control plane: where clients send admin calls.
+    ``term`` grows with every new leader, so a deposed one can tell it was replaced."""
+
+    __tablename__ = "control_leader"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    term: Mapped[int] = mapped_column(Integer, default=1)
+    url: Mapped[str] = mapped_column(String(300))
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(200))
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

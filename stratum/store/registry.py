@@ -31,6 +31,8 @@ class Lineage(BaseModel):
     config_hash: str | None = None
     git_commit: str | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
+    # set on a version made by ``stratum compress``: pass, params, checks, report, root
+    compression: dict[str, Any] | None = None
 
 
 class ModelSpec(BaseModel):
@@ -67,11 +69,14 @@ def register_model(
     parent_id: int | None = None,
     dataset_version_id: int | None = None,
     aliases: Sequence[str] = ("candidate",),
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> m.ModelVersion:
     """Write a version's artifacts, then its metadata row; returns the registered version.
 
     ``weights`` is a torch state dict (saved as safetensors); ``weights_blob`` is the bytes
-    of a non-torch model file named by ``spec.weights_file`` (skops or ONNX).
+    of a non-torch model file named by ``spec.weights_file`` (skops or ONNX), or of sparse
+    torch weights (``stratum.store.sparse``). ``extra_files`` (e.g. a compression report)
+    are written beside them, before the row.
     """
     version = meta.next_model_version(name)
     base = version_dir(name, version)
@@ -92,6 +97,8 @@ def register_model(
             f"{base}/preprocessing.safetensors",
             st_save_np({k: np.ascontiguousarray(v) for k, v in arrays.items()}),
         )
+    for file_name, data in (extra_files or {}).items():
+        artifacts.put_bytes(f"{base}/{file_name}", data)
     artifacts.put_bytes(f"{base}/spec.json", spec.model_dump_json(indent=2).encode())
     return meta.add_model_version(
         name, version=version, artifact_path=base, spec=spec.model_dump(mode="json"),
@@ -112,8 +119,13 @@ class LoadedModel(BaseModel):
     preprocessing: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
 
     def torch_state_dict(self) -> dict[str, Any]:
+        """The dense state dict; sparse (pruned) weights are densified here."""
         from safetensors.torch import load as st_load_torch
 
+        from stratum.store import sparse
+
+        if sparse.is_sparse(self.weights_blob):
+            return sparse.densify(self.weights_blob)
         return st_load_torch(self.weights_blob)
 
 

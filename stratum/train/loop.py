@@ -26,6 +26,7 @@ from safetensors.torch import load as st_load
 from stratum.errors import TrainingError
 from stratum.models import num_outputs
 from stratum.store.artifacts import ArtifactStore
+from stratum.store.sparse import densify, is_sparse
 from stratum.train import checkpoint as ckpt
 from stratum.train.components import (
     build_loss,
@@ -102,9 +103,12 @@ Report = Callable[[Progress], None]
 
 def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore | None,
           *, metrics_sink: Any | None = None, report: Report | None = None,
-          network: torch.nn.Module | None = None) -> TrainResult:
+          network: torch.nn.Module | None = None,
+          objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+          ) -> TrainResult:
     """Train this worker's share of ``job``; see the module docstring. ``network`` is the
-    freshly built network when the caller already built it (seeded with ``cfg.seed``)."""
+    freshly built network when the caller already built it (seeded with ``cfg.seed``);
+    ``objective`` replaces the config's loss (distillation: soft targets in ``data.y_train``)."""
     cfg = job.config
     main = strategy.is_main
     dev = strategy.device
@@ -114,7 +118,7 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
     outputs = num_outputs(data.task, data.classes)
     model = strategy.prepare(network if network is not None
                              else build_network(cfg, data.input_shape, outputs))
-    loss_fn = build_loss(cfg, data.task)
+    loss_fn = objective or build_loss(cfg, data.task)
     optimizer = build_optimizer(cfg, model)
     x, y = _tensor(data.x_train, dev), _tensor(data.y_train, dev)
     # Global batch is the config's; each of W workers takes 1/W of it, so ddp follows the
@@ -143,7 +147,8 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
         result.resumed_from = found.step
     else:
         if job.init_weights and artifacts is not None:  # fine-tuning a registered version
-            _unwrap(model).load_state_dict(st_load(artifacts.get_bytes(job.init_weights)))
+            blob = artifacts.get_bytes(job.init_weights)  # a pruned version's are sparse
+            _unwrap(model).load_state_dict(densify(blob) if is_sparse(blob) else st_load(blob))
         torch.manual_seed(cfg.seed + 7919 * strategy.rank)  # dropout differs per rank
 
     writer = ckpt.CheckpointWriter(artifacts, job.run_id) if main and artifacts else None

@@ -4,6 +4,7 @@ processes, and a bounded load loop that records every response."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -44,17 +46,19 @@ def admin_headers(settings: Settings) -> dict[str, str]:
 
 
 def register_tiny(store: Store, name: str = "tiny", *, seed: int = 0,
-                  broken: bool = False) -> int:
+                  broken: bool = False, hidden: tuple[int, ...] = (8,)) -> int:
     """Register a zoo mlp (4 → 8 → 3); ``broken`` stores weights of another shape so the
-    version registers fine but cannot load."""
+    version registers fine but cannot load; wider ``hidden`` layers give each request a
+    real cost at the replica (what autoscaling needs to see load)."""
     import torch
 
     from stratum.models import build_model
 
     torch.manual_seed(seed)
-    net = build_model("mlp", [FEATURES], len(CLASSES), hidden=[16 if broken else 8])
-    spec = ModelSpec(architecture="mlp", params={"hidden": [8]}, input_shape=[FEATURES],
-                     classes=CLASSES)
+    layers = [16] if broken else list(hidden)
+    net = build_model("mlp", [FEATURES], len(CLASSES), hidden=layers)
+    spec = ModelSpec(architecture="mlp", params={"hidden": list(hidden)},
+                     input_shape=[FEATURES], classes=CLASSES)
     mv = register_model(store.meta, store.artifacts, name, spec, weights=net.state_dict())
     return mv.version
 
@@ -93,6 +97,9 @@ def _env(settings: Settings, secret: str = REPLICA_SECRET) -> dict[str, str]:
             "STRATUM_GATEWAY_TOKEN": GATEWAY_TOKEN}
 
 
+_PER_CLIENT = 8  # connections per httpx client in load_loop
+
+
 @dataclass
 class LoadResult:
     ok: int = 0
@@ -107,18 +114,29 @@ class LoadResult:
 
 async def load_loop(url: str, model: str, seconds: float | None = None, concurrency: int = 20,
                     headers: dict[str, str] | None = None,
-                    stop: threading.Event | None = None) -> LoadResult:
-    """``concurrency`` clients sending single-sample predicts back to back until ``seconds``
-    pass or ``stop`` is set; any non-200 or transport error counts as a failed request."""
+                    stop: threading.Event | None = None, verify: Any = True,
+                    body: dict[str, Any] | None = None) -> LoadResult:
+    """``concurrency`` clients sending single-sample predicts (or ``body``) back to back
+    until ``seconds`` pass or ``stop`` is set; any non-200 or transport error counts as a
+    failed request."""
     res = LoadResult()
     deadline = time.monotonic() + (seconds if seconds is not None else 600.0)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=15.0, limits=limits) as client:
-        async def worker() -> None:
+    # Connections are shared out over clients of at most _PER_CLIENT: httpcore's pool does
+    # work per request that grows with its connections (one client at 64 costs ~7 ms of
+    # CPU a request on this machine, 8 of 8 ~1.2 ms), and a slow client is what a test
+    # would otherwise measure.
+    per = min(concurrency, _PER_CLIENT)
+    limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(
+            base_url=url, timeout=15.0, limits=limits, verify=verify))
+            for _ in range(-(-concurrency // per))]
+
+        async def worker(client: httpx.AsyncClient) -> None:
             while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
                 try:
-                    r = await client.post(f"/v1/models/{model}:predict", json=SAMPLE,
-                                          headers=headers)
+                    r = await client.post(f"/v1/models/{model}:predict",
+                                          json=body or SAMPLE, headers=headers)
                 except httpx.HTTPError as exc:
                     res.failed.append(f"{type(exc).__name__}: {exc}")
                     continue
@@ -129,22 +147,25 @@ async def load_loop(url: str, model: str, seconds: float | None = None, concurre
                 else:
                     res.failed.append(f"{r.status_code}: {r.text[:200]}")
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(clients[i // per]) for i in range(concurrency)))
     return res
 
 
 class BackgroundLoad:
     """``load_loop`` in a thread until ``stop()``; ``result`` holds what it saw."""
 
-    def __init__(self, url: str, model: str, concurrency: int = 20) -> None:
+    def __init__(self, url: str, model: str, concurrency: int = 20,
+                 body: dict[str, Any] | None = None) -> None:
         self._stop = threading.Event()
         self.result = LoadResult()
+        self._body = body
         self._thread = threading.Thread(target=self._run, args=(url, model, concurrency),
                                         daemon=True)
         self._thread.start()
 
     def _run(self, url: str, model: str, concurrency: int) -> None:
-        self.result = asyncio.run(load_loop(url, model, None, concurrency, stop=self._stop))
+        self.result = asyncio.run(load_loop(url, model, None, concurrency, stop=self._stop,
+                                            body=self._body))
 
     def stop(self) -> LoadResult:
         self._stop.set()
@@ -163,12 +184,24 @@ def stop_control_plane(settings: Settings) -> None:
     rec = read_record(settings, check_alive=False)
     if rec is None:
         return
+    pid = int(rec["pid"])
     try:
-        os.killpg(int(rec["pid"]), signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            os.killpg(int(rec["pid"]), 0)
+            _reap(pid)  # started by this test process (the CLI in-process): not a zombie
+            os.killpg(pid, 0)
             time.sleep(0.2)
-        os.killpg(int(rec["pid"]), signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    import os
+
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its parent reaps it

@@ -233,10 +233,10 @@ def test_every_process_says_loudly_that_auth_is_off(cluster: Cluster) -> None:
     logs = cluster.home / "logs"
     replica_logs = sorted((logs / "tiny").glob("tiny-v1-*.log"))
     assert replica_logs
-    for log in (logs / "control.log", logs / "tiny" / "gateway.log", *replica_logs):
+    for log in (logs / "control.log", logs / "tiny" / "gateway-0.log", *replica_logs):
         text = log.read_text()
         assert "WARNING" in text and "auth is OFF" in text, (log, text[-500:])
-    assert f"reach port {cluster.port} " in (logs / "tiny" / "gateway.log").read_text()
+    assert f"reach port {cluster.port} " in (logs / "tiny" / "gateway-0.log").read_text()
 
 
 def test_malformed_requests_are_4xx_through_the_gateway(cluster: Cluster) -> None:
@@ -407,6 +407,66 @@ def test_undeploy_stops_every_process(cluster: Cluster) -> None:
     assert not alive
     with pytest.raises(httpx.ConnectError):
         cluster.predict()
+
+
+def test_every_admin_action_of_the_module_is_audited(cluster: Cluster) -> None:
+    """Last: what the tests above did, as ``stratum audit`` tells it — who (key id and
+    name, supervisor, anonymous; never a token), from 127.0.0.1, what and what changed."""
+    result = cluster.runner.invoke(app, ["--home", str(cluster.home), "audit", "--json",
+                                         "--limit", "1000"])
+    assert result.exit_code == 0, result.output
+    rows = [orjson.loads(line) for line in result.stdout.splitlines()][::-1]  # oldest first
+    token = (cluster.home / "admin.token").read_text().strip()
+    admin = f"key:{key_id_of(token)} admin-token"
+
+    def of(component: str, action: str, outcome: int = 200) -> list[dict[str, Any]]:
+        return [r for r in rows if (r["component"], r["action"], r["outcome"])
+                == (component, action, outcome)]
+
+    deploys = of("control", "deploy")
+    assert {r["actor"] for r in deploys} == {admin}
+    assert all(r["source"].startswith("127.0.0.1:") and r["target"] == "tiny" for r in deploys)
+    assert deploys[0]["detail"]["before"] is None
+    assert (deploys[0]["detail"]["after"]["version"], deploys[0]["detail"]["after"]["replicas"]
+            ) == (1, 2)
+    assert {"before": 1, "after": 2} in [{k: r["detail"][k].get("version") for k in
+                                          ("before", "after")} for r in deploys[1:]]
+    (scaled,) = of("control", "scale")
+    assert scaled["actor"] == admin
+    assert scaled["detail"] == {"before": {"replicas": 2}, "after": {"replicas": 1}}
+    (rolled,) = of("control", "rollback")
+    assert (rolled["detail"]["before"]["version"], rolled["detail"]["after"]["version"]) == (2, 1)
+    (gone,) = of("control", "undeploy")
+    assert gone["detail"]["before"]["model"] == "tiny" and gone["detail"]["after"] is None
+    assert [r["target"] for r in of("control", "deploy", 409)] == ["other", "other"]
+    # Refused: nobody, a wrong key, a predict-only key (test_every_admin_route_...).
+    for action in ("deploy", "scale", "rollback", "undeploy"):
+        assert {r["actor"] for r in of("control", action, 401)} == {"anonymous",
+                                                                    "key:00 (invalid)"}
+        (carol,) = of("control", action, 403)
+        assert carol["actor"].startswith("key:") and carol["actor"].endswith(" carol")
+        assert carol["source"].startswith("127.0.0.1:")
+    # The supervised gateway records what the supervisor pushed, and who it refused.
+    pushed = of("gateway", "routes.put")
+    assert pushed and {(r["actor"], r["target"]) for r in pushed} == {("supervisor", "tiny")}
+    assert all(r["detail"]["replicas"] >= 1 for r in pushed)
+    assert {r["actor"] for r in of("gateway", "routes.put", 401)} >= {
+        "anonymous", "anonymous (wrong supervisor token)", "key:00 (invalid)"}
+    # Replicas record the drains of a rolling update, and the calls without the secret.
+    drains = of("replica", "drain")
+    assert drains and {r["actor"] for r in drains} == {"supervisor"}
+    assert all(r["detail"]["drained"] for r in drains)
+    for action in ("swap", "drain"):
+        assert {r["actor"] for r in of("replica", action, 401)} == {"anonymous"}
+    assert [r["action"] for r in rows if r["component"] == "cli"][:2] == ["keys.create"] * 2
+    everything = result.stdout
+    assert token not in everything
+    assert not any(s in everything for s in cluster.first_secrets)
+    # Filters, as the CLI takes them.
+    only = cluster.runner.invoke(app, ["--home", str(cluster.home), "audit", "--json",
+                                       "--component", "control", "--actor", admin])
+    assert {orjson.loads(x)["action"] for x in only.stdout.splitlines()} == {
+        "deploy", "scale", "rollback", "undeploy"}
 
 
 def _alive(pid: int) -> bool:

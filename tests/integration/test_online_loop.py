@@ -257,3 +257,60 @@ def _claims(loop: Loop, consumer: str) -> list[ProcessedMessage]:
     with loop.store.meta.session() as s:
         return list(s.scalars(select(ProcessedMessage).where(
             ProcessedMessage.consumer == consumer)))
+
+
+def test_rollback_of_a_following_deployment_pins_it_and_is_not_undone(loop: Loop) -> None:
+    """The alias still names the newer version: following it would roll forward again at
+    the next reconcile. Rollback pins instead, says so, and stays; --follow follows again."""
+    production = loop.production()
+    deadline = time.monotonic() + 30  # the spec follows the latest promotion first
+    while loop.store.meta.deployment("digits").spec["version"] != production:
+        assert time.monotonic() < deadline, loop.store.meta.deployment("digits").spec
+        time.sleep(0.2)
+    back = loop.cli("rollback", "digits", "--json")
+    assert back["notice"] and "no longer follows digits@production" in back["notice"]
+    assert back["follows"] is None
+    previous = loop.store.meta.deployment("digits").spec["version"]
+    assert previous != production
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if int(loop.predict(loop.images[0]).headers["x-model-version"]) == previous:
+            break
+        time.sleep(0.3)
+    # Many reconcile intervals later (0.3 s each) it still serves the version rolled back to.
+    time.sleep(3.0)
+    served = {int(loop.predict(img).headers["x-model-version"]) for img in loop.images[:30]}
+    assert served == {previous}
+    assert loop.store.meta.deployment("digits").spec["follow"] is None
+    again = loop.cli("deploy", "digits@production", "--follow", "--json")
+    assert again["follows"] == "production" and not again.get("notice")
+    served = {int(loop.predict(img).headers["x-model-version"]) for img in loop.images[:10]}
+    assert served == {production}
+
+
+def test_stop_stops_the_learner_too_and_a_second_learner_is_refused(loop: Loop,
+                                                                    tmp_path: Path) -> None:
+    """`stratum stop` stops the home's learners with its control plane (a learner left by
+    a SIGKILLed `stratum up` used to run on); two learners of one model never run."""
+    log = tmp_path / "learner.log"
+    proc = loop.learner(log)
+    try:
+        lock = loop.home / "learners" / "digits.lock"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                lock.exists() and lock.read_text().strip() == str(proc.pid)):
+            time.sleep(0.2)
+        assert lock.read_text().strip() == str(proc.pid), log.read_text()[-2000:]
+        second = CliRunner().invoke(app, ["--home", str(loop.home), "learn", "digits"],
+                                    env=TUNING)
+        assert second.exit_code != 0
+        assert "already runs" in str(second.exception) and str(proc.pid) in str(
+            second.exception)
+        out = loop.cli("stop")
+        assert "the control plane" in out and f"the learner of digits (pid {proc.pid})" in out
+        assert proc.wait(5) == 0  # it finished and exited cleanly on SIGTERM
+        again = CliRunner().invoke(app, ["--home", str(loop.home), "stop"], env=TUNING)
+        assert again.exit_code != 0 and "nothing to stop" in str(again.exception)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -24,6 +24,7 @@ from stratum.data.preprocessing import Pipeline, build_pipeline
 from stratum.models import build_model
 from stratum.security.tokens import REPLICA_SECRET_ENV, REPLICA_SECRET_HEADER
 from stratum.store import ModelSpec, Store, register_model
+from stratum.store.audit import AuditLog
 from tests.integration.gateway_fixtures import REPLICA_AUTH, REPLICA_SECRET, gateway
 from tests.services import free_port, started
 
@@ -287,7 +288,13 @@ def test_hot_swap_under_load_drops_nothing(home: tuple[Settings, Path]) -> None:
                 w.join()
             info = admin.get("/admin/info").json()
             text = admin.get("/metrics").text
+    swaps = AuditLog(store.meta).entries(action="swap", actor="supervisor", limit=3)[::-1]
+    audited = [(e.target, e.source.startswith("127.0.0.1:"), e.outcome, e.detail.get("ref"),
+                e.detail.get("before"), e.detail.get("after")) for e in swaps]
     store.close()
+    assert audited == [("front", True, broken.status_code, "3", 1, None),  # by the secret's
+                       ("front", True, 404, "img@99", 1, None),  # holder, with the outcome
+                       ("front", True, 200, "2", 1, 2)]
     assert broken.status_code >= 400 and "v3" in broken.json()["message"], broken.text
     assert missing.status_code == 404, missing.text
     assert swap.status_code == 200 and swap.json() == {"name": "img", "version": 2,

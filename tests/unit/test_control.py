@@ -8,8 +8,15 @@ from dataclasses import dataclass
 import orjson
 import pytest
 
+from stratum.control.reconcile import alias_move
 from stratum.control.routing import compute_routes
-from stratum.control.spec import DeploymentSpec, build_spec, parse_canary, rolled_back
+from stratum.control.spec import (
+    DeploymentSpec,
+    build_spec,
+    parse_canary,
+    pin_notice,
+    rolled_back,
+)
 from stratum.errors import ConfigError, ConflictError, NotFoundError
 from stratum.gateway.traffic import RouteTable
 from stratum.store import Store
@@ -84,6 +91,40 @@ def test_surplus_replicas_leave_the_routes() -> None:
     _, _, serving = compute_routes("m", spec(replicas=1), [R("1", 2, started=1.0),
                                                            R("2", 2, started=2.0)])
     assert serving == {"1"}
+
+
+def test_a_change_to_a_following_deployment_pins_it_and_says_so(store: Store) -> None:
+    for seed in (1, 2, 3):
+        register_tiny(store, "f", seed=seed)
+    store.meta.set_alias("f", "production", 3)
+    follows = build_spec(store.meta, "f@production", current=None, replicas=None, port=None,
+                         default_port=8000, follow=True)
+    assert follows.follow == "production" and pin_notice(None, follows) is None
+    # Scaling or re-deploying the followed alias keeps following.
+    same = build_spec(store.meta, "f@production", current=follows, replicas=2, port=None,
+                      default_port=8000)
+    assert same.follow == "production" and pin_notice(follows, same) is None
+    # A fixed version, with or without a canary, pins: following would undo it.
+    for change in ({"model_ref": "f@1"}, {"model_ref": "f@2", "canary": "f@3:10"}):
+        ref = change.pop("model_ref")
+        pinned = build_spec(store.meta, ref, current=follows, replicas=None, port=None,
+                            default_port=8000, **change)
+        assert pinned.follow is None
+        assert alias_move(pinned, {"production": 3}, set()) is None  # nothing undoes it
+        notice = pin_notice(follows, pinned)
+        assert notice is not None and "no longer follows f@production" in notice
+        assert "--follow" in notice
+    # Rollback pins too, and says so.
+    moved = alias_move(follows.model_copy(update={"version": 2}), {"production": 3}, set())
+    assert moved is not None and moved.version == 3
+    back = rolled_back(moved)
+    assert back.version == 2 and back.follow is None
+    assert alias_move(back, {"production": 3}, set()) is None
+    assert pin_notice(moved, back) is not None
+    # --follow on a fixed version is refused with the reason.
+    with pytest.raises(ConfigError, match="--follow needs an alias"):
+        build_spec(store.meta, "f@2", current=follows, replicas=None, port=None,
+                   default_port=8000, follow=True)
 
 
 def test_parse_canary() -> None:

@@ -57,11 +57,14 @@ def acknowledge(rec: Reconciler, st: DeploymentState,
                 wanted: DeploymentSpec) -> dict[str, bool]:
     """Compute the routes as the supervisor does and let the gateway accept them; what is
     then to stop, as ``{replica id: drain}``."""
-    st.gateway_live = True
+    if not st.gateways:
+        rec.gateway_started(st, 0, wanted.port, admin_port=9000, pid=41)
+    for gw in st.gateways.values():
+        rec.gateway_probed(st, gw, live=True)
     routes, traffic, serving = compute_routes(st.name, wanted, st.replicas.values())
     assert routes is not None
-    if rec.to_push(st, routes):
-        rec.pushed(st, routes, traffic)
+    for gw in rec.to_push(st, routes):
+        rec.pushed(st, gw, routes, traffic)
     return {s.replica.id: s.drain for s in rec.to_stop(st, wanted, routes, serving)}
 
 
@@ -249,12 +252,59 @@ def test_an_undeployed_deployment_stops_everything_without_draining() -> None:
     v1 = spec(replicas=2)
     st = deployed(rec, v1)
     start_ready(rec, st, v1)
-    rec.gateway_started(st, 8000, pid=42)
+    rec.gateway_started(st, 0, 8000, admin_port=9000, pid=42)
     rec.wanted(st, None, 2)
     stops = rec.to_stop(st, None, None, set())
     assert {s.replica.id for s in stops} == set(st.replicas) and not any(s.drain for s in stops)
     assert not st.finished
     for s in stops:
         rec.replica_exited(st, s.replica, 0, "")
-    assert rec.gateway_exited(st, "") is None  # we stopped it: not a crash
+    assert rec.gateway_exited(st, st.gateways[0], "") is None  # we stopped it: not a crash
     assert st.finished
+
+
+def test_several_gateways_share_the_port_and_each_is_replaced_alone() -> None:
+    rec, clock = setup(ControlSettings(restart_backoff_s=1.0))
+    v1 = spec(replicas=1, gateways=2)
+    st = deployed(rec, v1)
+    start_ready(rec, st, v1)
+    start, stop = rec.gateway_actions(st, v1)
+    assert (start, stop) == ([0, 1], [])
+    for slot in start:
+        rec.gateway_started(st, slot, 8000, admin_port=9000 + slot, pid=50 + slot)
+    assert rec.gateway_actions(st, v1) == ([], [])
+    routes, traffic, _ = compute_routes(st.name, v1, st.replicas.values())
+    assert routes is not None
+    rec.gateway_probed(st, st.gateways[0], live=True)
+    assert [g.slot for g in rec.to_push(st, routes)] == [0]  # only live ones get pushes
+    assert rec.pushed(st, st.gateways[0], routes, traffic) is not None  # traffic is new
+    assert rec.acknowledged(st, routes)  # every live gateway holds it
+    assert observed(st, v1, True, "127.0.0.1")[0] != "ready"  # one of two is up
+    rec.gateway_probed(st, st.gateways[1], live=True)
+    assert not rec.acknowledged(st, routes)  # the second came up without it
+    assert rec.pushed(st, st.gateways[1], routes, traffic) is None  # same traffic: no event
+    assert rec.acknowledged(st, routes)
+    status, doc = observed(st, v1, True, "127.0.0.1")
+    assert status == "ready" and [g["admin_port"] for g in doc["gateways"]] == [9000, 9001]
+    assert doc["gateway"]["port"] == 8000 and doc["gateway"]["pid"] in (50, 51)
+    # One crashes: only its slot restarts, after its backoff; the other keeps serving.
+    ev = rec.gateway_exited(st, st.gateways[1], "boom")
+    assert ev is not None and ev.kind == "gateway.crashed"
+    assert st.gateway_live and rec.acknowledged(st, routes)
+    assert rec.gateway_actions(st, v1) == ([], [])
+    clock.advance(1.1)
+    assert rec.gateway_actions(st, v1) == ([1], [])
+    # Fewer gateways: the surplus stops, and its exit is not a crash.
+    v2 = v1.model_copy(update={"gateways": 1})
+    rec.wanted(st, v2, 2)
+    rec.gateway_started(st, 1, 8000, admin_port=9002, pid=60)
+    _, stop = rec.gateway_actions(st, v2)
+    assert [g.slot for g in stop] == [1]
+    assert rec.gateway_exited(st, st.gateways[1], "") is None
+    # A new port: the old ones stop first, none start beside them.
+    v3 = v2.model_copy(update={"port": 8100})
+    rec.wanted(st, v3, 3)
+    start, stop = rec.gateway_actions(st, v3)
+    assert start == [] and [g.slot for g in stop] == [0]
+    rec.gateway_exited(st, st.gateways[0], "")
+    assert rec.gateway_actions(st, v3) == ([0], [])

@@ -224,3 +224,19 @@ def _count(meta: MetadataStore) -> int:
 
     with meta.session() as s:
         return int(s.scalar(select(func.count()).select_from(RequestRecord)) or 0)
+
+
+def test_a_database_that_does_not_answer_is_a_503_not_a_traceback() -> None:
+    """The feedback route looks ids up in the log; during a PostgreSQL restart that must
+    be a retryable 503 naming the cause."""
+    from sqlalchemy import create_engine
+
+    from stratum.errors import StoreUnavailableError
+    from stratum.store.requests import RequestLog
+
+    dead = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none",
+                         connect_args={"connect_timeout": 2})
+    log = RequestLog(dead)
+    with pytest.raises(StoreUnavailableError, match="does not answer") as caught:
+        log.get_many(["r1"])
+    assert caught.value.http_status == 503 and caught.value.hint

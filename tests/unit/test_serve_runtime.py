@@ -123,3 +123,65 @@ def test_skops_refuses_foreign_types() -> None:
     blob = sio.dumps({"f": np.float32(1.0), "t": IntegrityError})  # a non-sklearn type
     with pytest.raises(IntegrityError, match="refusing"):
         load_skops(blob, "model x v1")
+
+
+def test_a_cached_export_serves_without_torch(store: Store, settings: Settings) -> None:
+    """A replacement replica's fast start: the export cache entry carries the eager net's
+    probe outputs, so a fresh process serves it without importing torch."""
+    import json
+    import subprocess
+    import sys
+
+    torch.manual_seed(4)
+    net = build_model("mlp", [6], 3, hidden=[4]).eval()
+    spec = ModelSpec(architecture="mlp", params={"hidden": [4]}, input_shape=[6],
+                     classes=[0, 1, 2])
+    register_model(store.meta, store.artifacts, "m", spec, weights=net.state_dict())
+    cache = settings.home / "cache"
+    load_runtime(load_model(store.meta, store.artifacts, "m", "1"), settings.serve, cache)
+    code = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from stratum.config import load_settings\n"
+        "from stratum.serve.runtime import load_runtime\n"
+        "from stratum.store import Store, load_model\n"
+        "s = load_settings(home=sys.argv[1]); st = Store.open(s)\n"
+        "rt = load_runtime(load_model(st.meta, st.artifacts, 'm', '1'), s.serve,"
+        " s.home / 'cache')\n"
+        "x = np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'alembic': 'alembic' in"
+        " sys.modules, 'backend': rt.backend, 'y': rt.predict(x).tolist()}))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(settings.home)], check=True,
+                         capture_output=True, text=True, timeout=120)
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["backend"] == "onnxruntime"
+    assert got["torch"] is False and got["alembic"] is False, got
+    x = np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32)
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(np.asarray(got["y"]), want, rtol=1e-4, atol=1e-6)
+
+
+def test_cache_entries_without_or_with_a_wrong_probe_are_rewritten(
+        store: Store, settings: Settings) -> None:
+    from stratum.models import onnx as tx
+    from stratum.models.exported import from_cache
+
+    torch.manual_seed(5)
+    net = build_model("mlp", [6], 2, hidden=[4]).eval()
+    spec = ModelSpec(architecture="mlp", params={"hidden": [4]}, input_shape=[6],
+                     classes=[0, 1])
+    register_model(store.meta, store.artifacts, "m", spec, weights=net.state_dict())
+    cache = settings.home / "cache"
+    loaded = load_model(store.meta, store.artifacts, "m", "1")
+    load_runtime(loaded, settings.serve, cache)
+    assert from_cache(loaded, None, cache) is not None
+    (entry,) = (cache / "onnx").iterdir()
+    plain = tx.export_onnx(net, [6])  # as entries were cached before they carried a probe
+    with torch.no_grad():
+        want = net(torch.from_numpy(tx.probe([6]))).numpy()
+    for stale in (plain, tx.with_probe(plain, want + 1.0)):
+        entry.write_bytes(stale)
+        assert from_cache(loaded, None, cache) is None  # not trusted without the network
+        assert load_runtime(loaded, settings.serve, cache).backend == "onnxruntime"
+        assert from_cache(loaded, None, cache) is not None  # the probe is written back
