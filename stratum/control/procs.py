@@ -95,6 +95,24 @@ def spawn(module: str, args: list[str], env: dict[str, str], log: Path) -> Proc:
     return Proc(popen.pid, popen, log)
 
 
+def watch_exit(pid: int, wake: Callable[[], None]) -> None:
+    """Call ``wake`` on the running loop the moment ``pid`` exits (a pidfd turns readable),
+    so a crash is handled now rather than at the next reconcile tick. Without pidfds
+    (not Linux 5.3+, or not ours to watch) the tick still notices."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return
+    loop = asyncio.get_running_loop()
+
+    def fired() -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+        wake()
+
+    loop.add_reader(fd, fired)
+
+
 async def stop(procs: Sequence[Process], grace: float) -> None:
     """SIGTERM, up to ``grace`` seconds to exit, then SIGKILL for what has not."""
     for p in procs:

@@ -130,7 +130,11 @@ class Reconciler:
                                         f"it was ready: {log_tail[-600:]}"}
             return Event("replica.failed", {**info, "log": log_tail[-600:]})
         st.crash_streak[r.version] += 1
-        st.next_start[r.version] = now + self.backoff(st.crash_streak[r.version])
+        streak = st.crash_streak[r.version]
+        # A replica that served and died once (a SIGKILL, an OOM) is replaced at once: its
+        # siblings carry the load meanwhile, and every second costs capacity. Only a crash
+        # loop backs off, from the second crash on.
+        st.next_start[r.version] = now + (0.0 if streak == 1 else self.backoff(streak - 1))
         return Event("replica.crashed", info)
 
     def gateway_exited(self, st: DeploymentState, gw: Gateway, log_tail: str) -> Event | None:

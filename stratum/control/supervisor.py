@@ -215,6 +215,8 @@ class Supervisor:
             self.procs.update(found.replicas)
             for slot, proc in found.gateways.items():
                 self.gateways[row.name, slot] = proc
+            for proc in [*found.replicas.values(), *found.gateways.values()]:
+                procs.watch_exit(proc.pid, self.wake.set)
             if known.etag:
                 self._stored[row.name] = known.etag
             await self._record(row.name, Event("deployment.adopted", {
@@ -260,6 +262,7 @@ class Supervisor:
                 "--name", st.name], {**self._env, REPLICA_SECRET_ENV: st.secret},
                 self._logs / st.name / f"{start.id}.log")
             self.procs[start.id] = proc
+            procs.watch_exit(proc.pid, self.wake.set)
             self._record_soon(st.name, self.rec.started(st, start, port, proc.pid, st.secret,
                                                             self.settings.serve.tls.scheme))
 
@@ -283,6 +286,7 @@ class Supervisor:
                 {**self._env, "STRATUM_GATEWAY_TOKEN": st.gateway_token},
                 self._logs / st.name / f"gateway-{slot}.log")
             self.gateways[st.name, slot] = proc
+            procs.watch_exit(proc.pid, self.wake.set)
             self._record_soon(st.name, self.rec.gateway_started(
                 st, slot, spec.port, admin_port, proc.pid, self.settings.gateway.tls.scheme))
 

@@ -78,7 +78,7 @@ def restart_delay(rec: Reconciler, clock: Clock, st: DeploymentState,
     return clock.now - t0
 
 
-def test_a_crashed_replica_restarts_after_its_backoff_and_not_before() -> None:
+def test_a_crashed_replica_restarts_at_once_and_a_second_crash_after_its_backoff() -> None:
     rec, clock = setup(ControlSettings(restart_backoff_s=1.0, restart_backoff_max_s=8.0))
     wanted = spec(replicas=2)
     st = deployed(rec, wanted)
@@ -87,13 +87,18 @@ def test_a_crashed_replica_restarts_after_its_backoff_and_not_before() -> None:
 
     event = rec.replica_exited(st, first, exit_code=-9, log_tail="")
     assert event.kind == "replica.crashed" and first.id not in st.replicas
+    starts = rec.to_start(st, wanted)  # the first crash: replaced now
+    assert [s.version for s in starts] == [1]
+    assert starts[0].id not in (first.id, second.id)
+    rec.started(st, starts[0], port=next(_numbers), pid=next(_numbers))
+    third = st.replicas[starts[0].id]
+    rec.probed(st, third, ok=True)
+    rec.replica_exited(st, third, exit_code=-9, log_tail="")  # again, before it was stable
     assert rec.to_start(st, wanted) == []
     clock.advance(0.9)
     assert rec.to_start(st, wanted) == []
     clock.advance(0.2)
-    starts = rec.to_start(st, wanted)
-    assert [s.version for s in starts] == [1]
-    assert starts[0].id not in (first.id, second.id)
+    assert [s.version for s in rec.to_start(st, wanted)] == [1]
 
 
 def test_backoff_grows_with_each_crash_up_to_its_cap_and_resets_once_stable() -> None:
@@ -105,7 +110,8 @@ def test_backoff_grows_with_each_crash_up_to_its_cap_and_resets_once_stable() ->
         (replica,) = start_ready(rec, st, wanted)
         rec.replica_exited(st, replica, exit_code=1, log_tail="")
         delays.append(restart_delay(rec, clock, st, wanted))
-    assert all(b > a * 1.5 for a, b in itertools.pairwise(delays[:4])), delays
+    assert delays[0] == 0  # the first crash is replaced at once; a loop backs off
+    assert all(b > a * 1.5 for a, b in itertools.pairwise(delays[1:5])), delays
     assert 3.9 <= delays[-1] <= 4.1 and abs(delays[-1] - delays[-2]) < 0.1, delays
 
     (replica,) = start_ready(rec, st, wanted)
