@@ -35,7 +35,6 @@ from stratum.config.child import start_python
 from stratum.control.client import ControlClient
 from stratum.errors import ConfigError, NotFoundError
 from stratum.online.demo import DemoTick, digits, stream
-from stratum.security.tls import client_context
 from stratum.security.tokens import ensure_key_file
 
 CLIENT_KEY_FILE = "client.key"
@@ -86,11 +85,12 @@ def up(
         gateway = (dep.get("observed") or {}).get("gateway", {}).get("url") or \
             f"{c.settings.gateway.tls.scheme}://127.0.0.1:{port}"
         if key is not None:
-            _check_auth_is_on(gateway, name, client_context(c.settings.client_tls))
+            _check_auth_is_on(gateway, name, client.verify)
         _print_usage(c, name, gateway, key_file if key is not None else None)
         if demo:
             _demo(c, name, gateway, requests, rotate_after, stop,
-                  {"authorization": f"Bearer {key}"} if key is not None else {})
+                  {"authorization": f"Bearer {key}"} if key is not None else {},
+                  client.verify)
             console.print("demo finished; serving until Ctrl-C")
         while learner.poll() is None:
             time.sleep(0.5)
@@ -206,7 +206,7 @@ def _check_auth_is_on(gateway: str, name: str, verify: ssl.SSLContext) -> None:
 
 
 def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
-          stop: threading.Event, headers: dict[str, str]) -> None:
+          stop: threading.Event, headers: dict[str, str], verify: ssl.SSLContext) -> None:
     images, labels = digits(c.store, name, "train")
     meta = c.store.meta
     state: dict[str, Any] = {"tick": None}
@@ -234,7 +234,7 @@ def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
 
         result = stream(url, name, images, labels, requests=requests, rotate_after=rotate_after,
                         headers=headers, should_stop=stop.is_set, on_tick=on_tick,
-                        verify=client_context(c.settings.client_tls))
+                        verify=verify)
     for start, rot, acc in result.blocks:
         console.print(f"  requests {start:>5}-{start + 199:<5} {'rotated' if rot else 'upright'}"
                       f"  accuracy {acc:.3f}")
