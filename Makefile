@@ -12,8 +12,17 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
 
-# torch goes in first, pinned, so nothing later resolves a CUDA build.
+# torch goes in first, pinned, so nothing later resolves a CUDA build. The dashboard's
+# browser tests drive Debian's chromium (Playwright never downloads one): installed here
+# when missing and we are root (CI); elsewhere `apt-get install chromium` by hand.
 $(STAMP): pyproject.toml | $(PY)
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@# tests/integration/test_prometheus.py runs Debian's prometheus and promtool (it starts
+	@# its own on a free port; a packaged service, if one starts, is left alone).
+	@command -v prometheus >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus \
+		>/dev/null; }
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
 	$(PIP) install -q --disable-pip-version-check -e ".[dev]" "$(TORCH)"
 	@touch $(STAMP)

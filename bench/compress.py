@@ -28,7 +28,7 @@ from stratum.train import fit, parse_config
 from stratum.train.tune import finetune
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "stratum" / "examples"
-PARENTS = {"mlp": ("digits", 15, 15), "cnn": ("mnist", 4, 3)}  # dataset, epochs, student
+PARENTS = {"mlp": ("digits", 15, 15), "cnn": ("mnist", 4, 8)}  # dataset, epochs, student
 
 
 def cases(student_epochs: int) -> list[tuple[str, list[Any]]]:

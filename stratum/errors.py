@@ -9,6 +9,7 @@ raises from this one tree (HTTP status in brackets); no module defines its own:
     ├── AuthError (401)
     │   └── PermissionDeniedError (403)
     ├── BadRequestError (400)
+    ├── ClusterError (503)
     ├── ConfigError (400)
     ├── ConflictError (409)
     ├── DataError (422)
@@ -176,6 +177,14 @@ class RequestTimeoutError(StratumError):
     http_status = 408
 
 
+class ClusterError(StratumError):
+    """The Ray cluster cannot be reached (no head at ``cluster.address``, not a Ray GCS
+    there) or failed to start or place a process. What the cluster refuses by design (a
+    replica larger than any node, a store other nodes cannot see) is a ``ConfigError``."""
+
+    http_status = 503
+
+
 class QueueError(StratumError):
     """The feedback/event queue could not accept or deliver a message."""
 
@@ -227,6 +236,7 @@ class NoReplicaError(ServingError):
 __all__ = [
     "AuthError",
     "BadRequestError",
+    "ClusterError",
     "ConfigError",
     "ConflictError",
     "DataError",

@@ -151,7 +151,8 @@ def control_kill(t: Target, o: Options, _load: Load) -> tuple[float, str]:
     lead = t.leader()
     assert lead is not None  # checked by the skip
     before, mark, pid = _pids(t), t.last_event_id(), lead["pid"]
-    t.signal(pid, "stratum.control", None, signal.SIGKILL)
+    # The CLI starts it as stratum.web (the API with the dashboard); by hand it may be bare.
+    t.signal(pid, "stratum.control", None, signal.SIGKILL, "stratum.web")
     t0 = time.monotonic()
     t.wait("the control plane to die", lambda: not alive(pid), 10)
     how = "restarted it"

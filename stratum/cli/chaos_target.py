@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
+from stratum.cli.context import control_client
 from stratum.config import Settings
 from stratum.config.child import start_python
 from stratum.control.adopt import runs
-from stratum.control.client import ControlClient
 from stratum.control.discovery import read_record
 from stratum.control.procs import Proc
 from stratum.errors import ConflictError
@@ -60,7 +60,7 @@ class Target:
         self.settings, self.name = settings, name
         self.on_poll = on_poll or (lambda _what: None)
         self.store = Store.open(settings)
-        self.client = ControlClient(settings)
+        self.client = control_client(settings)
         self.original: dict[str, Any] = dict(self.doc()["spec"])
         self.verify = client_context(settings.client_tls)
 
@@ -146,9 +146,12 @@ class Target:
 
     # -- acting ----------------------------------------------------------------------------
     @staticmethod
-    def signal(pid: int, module: str, port: int | None, sig: signal.Signals) -> None:
-        """``sig`` to ``pid`` once it is checked to be ``python -m module --port port``."""
-        ok = runs(pid, module, port) if port is not None else module in _argv(pid)
+    def signal(pid: int, module: str, port: int | None, sig: signal.Signals,
+               *aliases: str) -> None:
+        """``sig`` to ``pid`` once it is checked to be ``python -m module --port port``
+        (or one of ``aliases`` for ``module``)."""
+        ok = runs(pid, module, port) if port is not None else \
+            any(m in _argv(pid) for m in (module, *aliases))
         if not ok:
             raise ConflictError(f"pid {pid} is not the {module} process the deployment "
                                 "lists (it exited meanwhile, or the pid was reused)")
@@ -225,7 +228,7 @@ class Target:
     def connect(self) -> None:
         """Find the leading control plane afresh, or start one (detached) when none
         answers: what any CLI command does."""
-        self.client = ControlClient(self.settings)
+        self.client = control_client(self.settings)
         self.client.url()
 
     # -- the online learner ----------------------------------------------------------------

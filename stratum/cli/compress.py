@@ -28,9 +28,10 @@ from stratum.compress.passes import Pass
 from stratum.errors import ConfigError
 
 
-def _passes(prune: float | None, structured: bool, epochs: int | None, quantize: str | None,
-            static: bool, calibration: int, distill: str | None, student_params: str | None,
-            temperature: float, alpha: float, export: str | None) -> list[Pass]:
+def _passes(prune: float | None, structured: bool, epochs: int | None, finetune_lr: float,
+            quantize: str | None, static: bool, calibration: int, distill: str | None,
+            student_params: str | None, temperature: float, alpha: float,
+            export: str | None) -> list[Pass]:
     out: list[Pass] = []
     if distill is not None:
         try:
@@ -51,7 +52,8 @@ def _passes(prune: float | None, structured: bool, epochs: int | None, quantize:
         raise ConfigError("--structured goes with --prune S")
     if prune is not None:
         out.append(Prune(prune, structured=structured,
-                         finetune_epochs=1 if epochs is None else epochs))
+                         finetune_epochs=1 if epochs is None else epochs,
+                         finetune_lr=finetune_lr))
     if export is not None:
         if export != "onnx":
             raise ConfigError(f"--export {export}: only onnx")
@@ -74,6 +76,9 @@ def compress_cmd(
     finetune_epochs: int | None = typer.Option(
         None, "--finetune-epochs", help="Epochs of the parent's loop after pruning (1), or "
         "for the student (the parent's)."),
+    finetune_lr: float = typer.Option(
+        0.1, "--finetune-lr", help="Fine-tuning after pruning runs at this fraction of the "
+        "parent's peak learning rate, constant (no warm-up, no schedule)."),
     quantize: str | None = typer.Option(None, "--quantize", help="int8"),
     static: bool = typer.Option(False, "--static", help="Calibrate activations (static)."),
     calibration: int = typer.Option(200, "--calibration", help="Calibration samples."),
@@ -96,8 +101,8 @@ def compress_cmd(
     from stratum.train.tune import finetune
 
     c = get_ctx(ctx)
-    passes = _passes(prune, structured, finetune_epochs, quantize, static, calibration,
-                     distill, student_params, temperature, alpha, export)
+    passes = _passes(prune, structured, finetune_epochs, finetune_lr, quantize, static,
+                     calibration, distill, student_params, temperature, alpha, export)
     kw: dict[str, Any] = {"max_accuracy_drop": max_accuracy_drop, "alias": alias,
                           "finetune": finetune, "timing_s": timing_s,
                           "cache_dir": c.settings.home / "cache"}

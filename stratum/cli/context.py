@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from stratum.config import Settings
+from stratum.control.client import ControlClient
 from stratum.store import Store
 
 console = Console()
@@ -32,6 +33,17 @@ def get_ctx(ctx: typer.Context) -> CliContext:
     obj = ctx.find_root().obj
     assert isinstance(obj, CliContext), "the root callback sets the CLI context"
     return obj
+
+
+# The control plane the CLI starts when none runs: the admin API with the dashboard
+# mounted. ``stratum.web`` composes that process; a bare ``python -m stratum.control`` has
+# no dashboard.
+CONTROL_ENTRY = "stratum.web"
+
+
+def control_client(settings: Settings, api_key: str | None = None) -> ControlClient:
+    """The client every command uses; it starts ``CONTROL_ENTRY`` when none runs."""
+    return ControlClient(settings, api_key, entry=CONTROL_ENTRY)
 
 
 def print_json(data: Any) -> None:

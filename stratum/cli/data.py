@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -12,6 +12,7 @@ from rich.table import Table
 from stratum.cli.context import console, err_console, get_ctx, print_json
 from stratum.data import Schema, ingest
 from stratum.data.dataset import parse_dataset_ref
+from stratum.data.preparers import preparer_for
 from stratum.store import models as m
 
 app = typer.Typer(no_args_is_help=True)
@@ -39,10 +40,15 @@ def ingest_cmd(
     replicas: int | None = typer.Option(None, "--replicas", help="Copies of each shard."),
     shard_key: str | None = typer.Option(None, "--shard-key", help="Column to hash [row id]."),
     schema: Path | None = typer.Option(None, "--schema", help="Declared schema (YAML)."),
+    backend: Literal["local", "ray"] | None = typer.Option(
+        None, "--backend", help="Where rows are parsed and cleaned: this process, or the "
+                                "Ray cluster's nodes (default: cluster.backend)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
 ) -> None:
-    """Clean, split, shard and version a dataset; prints the cleaning report."""
+    """Clean, split, shard and version a dataset; prints the cleaning report. The same
+    source gives the same version with either backend."""
     cli = get_ctx(ctx)
+    preparer = preparer_for(backend or cli.settings.cluster.backend, cli.settings)
     declared = Schema.from_yaml(schema) if schema is not None else None
     with Progress(SpinnerColumn(), TextColumn("[bold]ingest[/] {task.description}"),
                   BarColumn(), TextColumn("{task.completed:,} rows"), TimeElapsedColumn(),
@@ -55,12 +61,12 @@ def ingest_cmd(
             replicas=replicas or cli.settings.data.replicas,
             shard_key=shard_key, schema=declared,
             progress=lambda n: bar.advance(task, n),
-            batch_rows=cli.settings.data.batch_rows,
+            batch_rows=cli.settings.data.batch_rows, preparer=preparer,
         )
     dv = result.version
     if as_json:
         print_json({**version_doc(name, dv), "created": result.created,
-                    "cleaning": result.report.to_dict()})
+                    "backend": preparer.name, "cleaning": result.report.to_dict()})
         return
     t = Table(title=f"Cleaning report: {source}", show_header=False)
     for line in result.report.lines():

@@ -49,7 +49,8 @@ status_cmds.register(app)
 audit_cmds.register(app)
 
 # Later layers plug their commands in here; each module owns its commands.
-for _module in ("train", "compress", "serving", "online", "tls", "chaos"):
+for _module in ("train", "tune", "compress", "serving", "online", "tls", "chaos", "logs",
+                "cluster"):
     try:
         __import__(f"stratum.cli.{_module}")
         sys.modules[f"stratum.cli.{_module}"].register(app)

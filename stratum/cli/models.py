@@ -9,7 +9,7 @@ from rich.table import Table
 
 from stratum.cli.audit import record_local
 from stratum.cli.context import console, get_ctx, print_json
-from stratum.store import parse_ref
+from stratum.store import Lineage, parse_ref
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -54,18 +54,18 @@ def show(
     name, version = parse_ref(ref)
     mv = meta.model_version(name, version)
     aliases = sorted(a for a, v in meta.aliases(name).items() if v == mv.version)
+    made = Lineage.model_validate(mv.spec.get("lineage") or {}).made_by()
     doc = {"name": mv.name, "version": mv.version, "created_at": mv.created_at.isoformat(),
            "aliases": aliases, "artifact_path": mv.artifact_path, "metrics": mv.metrics,
-           "spec": mv.spec}
+           "made_by": made, "spec": mv.spec}
     if as_json:
         print_json(doc)
         return
     console.print(f"[bold]{mv.name}[/] v{mv.version}  aliases: {', '.join(aliases) or '-'}")
-    made = (mv.spec.get("lineage") or {}).get("compression")
     if made:  # a version registered by `stratum compress`
-        console.print(f"made by: {made['pass']} {made.get('params', {})} from "
-                      f"v{mv.spec['lineage'].get('parent_version')} "
-                      f"(report: {mv.artifact_path}/{made.get('report')})", highlight=False)
+        console.print(f"made by: {made['pass']} {made['params']} from "
+                      f"v{made['parent_version']} (compressed from v{made['root_version']}; "
+                      f"report: {mv.artifact_path}/{made['report']})", highlight=False)
     console.print_json(data=doc)
 
 

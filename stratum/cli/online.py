@@ -10,9 +10,14 @@ from pathlib import Path
 import typer
 
 from stratum.cli.context import console, get_ctx, print_json
+from stratum.config import Settings
 from stratum.control.lease import FileLease
+from stratum.control.observe import learner_record, write_learner_record
 from stratum.errors import ConflictError
+from stratum.monitor.logging import setup_logging
+from stratum.online.exporter import MetricsServer
 from stratum.online.learner import Learner, Update
+from stratum.queue import feedback_stream, open_queue
 from stratum.security.access import warn_if_auth_off
 
 
@@ -50,6 +55,7 @@ def learn(
     """Consume feedback, fine-tune challengers and promote the ones that win the gate.
     Runs until Ctrl-C (or SIGTERM); every decision is an event (`stratum models history`)."""
     c = get_ctx(ctx)
+    setup_logging(c.settings.log_level, component="learner", model=name)
     warn_if_auth_off(logging.getLogger("stratum.online"), c.settings.gateway.require_auth,
                      "the gateway port of a deployment")
 
@@ -76,12 +82,36 @@ def learn(
     _stop_on_signals(stop)
     if seconds is not None:
         threading.Timer(seconds, stop.set).start()
-    learner.run(stop)
+    server = _serve_metrics(c.settings, learner, quiet=as_json)
+    try:
+        learner.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
+            learner_record(c.settings.home, name).unlink(missing_ok=True)
     s = learner.stats
     if not as_json:
         console.print(f"stopped: {s.received} feedback received, {s.applied} rows applied, "
                       f"{len(s.updates)} challengers, "
                       f"{sum(u.decision.promote for u in s.updates)} promoted")
+
+
+def _serve_metrics(settings: Settings, learner: Learner, *, quiet: bool
+                   ) -> MetricsServer | None:
+    """The learner's /metrics (``monitor.learner_metrics_port``), recorded where the
+    control plane looks for it (its alert rules and Prometheus discovery)."""
+    cfg = settings.monitor
+    if cfg.learner_metrics_port is None:
+        return None
+    assert settings.queue_url
+    backlog = open_queue(settings.queue_url, feedback_stream(learner.name))
+    learner.metrics.watch(learner, backlog.size)
+    server = MetricsServer(learner.metrics.registry, cfg.learner_metrics_host,
+                           cfg.learner_metrics_port)
+    write_learner_record(settings.home, learner.name, server.url)
+    if not quiet:
+        console.print(f"metrics at {server.url}/metrics")
+    return server
 
 
 def register(app: typer.Typer) -> None:

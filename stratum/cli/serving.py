@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from stratum.cli.audit import record_local
-from stratum.cli.context import console, get_ctx, print_json
+from stratum.cli.context import console, control_client, get_ctx, print_json
 from stratum.control.client import ControlClient
 from stratum.control.discovery import read_record
 from stratum.control.lease import FileLease
@@ -26,7 +26,7 @@ _KEY_OPT = typer.Option(None, "--api-key", envvar="STRATUM_API_KEY",
 
 
 def _client(ctx: typer.Context, api_key: str | None) -> ControlClient:
-    return ControlClient(get_ctx(ctx).settings, api_key)
+    return control_client(get_ctx(ctx).settings, api_key)
 
 
 def _summary(dep: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +141,20 @@ def register(app: typer.Typer) -> None:
         cooldown: float | None = typer.Option(
             None, "--scale-down-cooldown", min=0, help="Seconds of lower load before scaling "
             "down [control.scale_down_cooldown_s, 60]."),
+        auth: bool | None = typer.Option(None, "--auth/--no-auth", help="Need an API key "
+                                         "for this deployment [the gateway's setting]; "
+                                         "--no-auth serves it openly (logged loudly)."),
+        rate_limit: float | None = typer.Option(None, "--rate-limit", min=0.001, help="Requests "
+                                                "per second per key for this deployment."),
+        rate_burst: int | None = typer.Option(None, "--rate-burst", min=1,
+                                              help="Burst for --rate-limit [the rate]."),
+        backend: str | None = typer.Option(
+            None, "--backend", help="Where replicas run: local (processes here) or ray (actors "
+            "on the cluster's nodes) [as deployed, else cluster.backend]."),
+        cpus: float | None = typer.Option(None, "--cpus", min=0.01, help="CPUs each replica "
+                                          "asks of a Ray node [cluster.replica_cpus, 1]."),
+        gpus: float | None = typer.Option(None, "--gpus", min=0, help="GPUs each replica asks "
+                                          "of a Ray node [cluster.replica_gpus, 0]."),
         timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for ready."),
         no_wait: bool = typer.Option(False, "--no-wait", help="Return once recorded."),
         as_json: bool = typer.Option(False, "--json"),
@@ -148,12 +162,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Deploy a model version behind a gateway; deploying another version of a deployed
         model is a rolling update with zero failed requests. --min/--max-replicas let load
-        decide the replica count."""
+        decide the replica count. Several deployments may share one --port, each with its
+        own traffic split, auth and rate limit."""
+        if backend not in (None, "local", "ray"):
+            raise ConfigError(f"--backend {backend!r}: use local or ray")
         client = _client(ctx, api_key)
         dep = client.deploy(model=ref, name=name, replicas=replicas, port=port, canary=canary,
                             shadow=shadow, policy=policy, follow=follow, gateways=gateways,
                             min_replicas=min_replicas, max_replicas=max_replicas,
-                            target_inflight=target_inflight, scale_down_cooldown_s=cooldown)
+                            target_inflight=target_inflight, scale_down_cooldown_s=cooldown,
+                            require_auth=auth, rate_limit_per_s=rate_limit,
+                            rate_limit_burst=rate_burst, backend=backend, cpus=cpus, gpus=gpus)
         notice = dep.get("notice")
         if not no_wait:
             dep = _wait(client, dep, timeout, as_json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import typer
 from rich.progress import (
@@ -51,7 +51,13 @@ def train(
     ctx: typer.Context,
     config: Path = typer.Argument(..., help="Training config YAML (see examples/)."),
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes."),
-    strategy: str | None = typer.Option(None, "--strategy", help="single | ddp."),
+    strategy: str | None = typer.Option(
+        None, "--strategy",
+        help="single | ddp | parameter_server | fsdp | fedavg | ensemble."),
+    backend: Literal["local", "ray"] | None = typer.Option(
+        None, "--backend",
+        help="Where the workers run: local processes, or Ray Train on the cluster at "
+             "cluster.address (default: the cluster.backend setting)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last stopped run."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override epochs."),
     name: str | None = typer.Option(None, "--name", help="Registered model name."),
@@ -61,8 +67,12 @@ def train(
     (alias `candidate`). A killed worker is restarted from the last checkpoint."""
     c = get_ctx(ctx)
     cfg = load_config(config, workers=workers, strategy=strategy, epochs=epochs, name=name)
+    settings = c.settings
+    if backend is not None:
+        settings = settings.model_copy(update={
+            "cluster": settings.cluster.model_copy(update={"backend": backend})})
     if as_json:
-        mv = fit(cfg, c.settings, resume=resume, store=c.store)
+        mv = fit(cfg, settings, resume=resume, store=c.store)
     else:
         columns = (
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,7 +80,7 @@ def train(
             TimeElapsedColumn(), TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=False) as bar:
-            mv = fit(cfg, c.settings, progress=_Bar(bar), resume=resume, store=c.store)
+            mv = fit(cfg, settings, progress=_Bar(bar), resume=resume, store=c.store)
     run = c.store.meta.run(mv.run_id) if mv.run_id else None
     summary = {k: v for k, v in (run.summary if run else {}).items() if k != "history"}
     doc = {"name": mv.name, "version": mv.version, "aliases": ["candidate"],
@@ -80,9 +90,15 @@ def train(
         return
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in mv.metrics.items())
     console.print(f"registered [bold]{mv.name}[/] v{mv.version} (candidate): {metrics}")
+    for row in summary.get("members", []):  # an ensemble: every member beside the whole
+        console.print(f"  member {row['index']} {row['model']} (seed {row['seed']}): "
+                      + ", ".join(f"{k}={v:.4f}" for k, v in row["test"].items()))
     for r in summary.get("restarts", []):
-        console.print(f"  restart: rank {r['rank']} died at step {r['last_step']}, resumed from "
-                      f"step {r['resumed_from']}, training again after {r['recover_s']:.2f}s")
+        who = "a worker" if r.get("rank") is None else f"rank {r['rank']}"
+        again = "" if r.get("recover_s") is None else \
+            f", training again after {r['recover_s']:.2f}s"
+        console.print(f"  restart: {who} died at step {r['last_step']}, resumed from "
+                      f"step {r['resumed_from']}{again}")
 
 
 def register(app: typer.Typer) -> None:

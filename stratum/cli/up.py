@@ -27,15 +27,14 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from stratum.cli.context import CliContext, console, get_ctx
+from stratum.cli.context import CliContext, console, control_client, get_ctx
 from stratum.cli.data import ingest_cmd
 from stratum.cli.serving import _print, _wait
 from stratum.cli.train import train as train_cmd
 from stratum.config.child import start_python
-from stratum.control.client import ControlClient
 from stratum.errors import ConfigError, NotFoundError
 from stratum.online.demo import DemoTick, digits, stream
-from stratum.security.tokens import ensure_key_file
+from stratum.security.tokens import ADMIN_TOKEN_FILE, ensure_key_file
 
 CLIENT_KEY_FILE = "client.key"
 
@@ -73,7 +72,7 @@ def up(
     key_file = c.settings.home.expanduser().resolve() / CLIENT_KEY_FILE
     key = None if no_auth else ensure_key_file(key_file, c.store.meta, "stratum-up",
                                                ["feedback", "predict"])
-    client = ControlClient(c.settings)
+    client = control_client(c.settings)
     stop = threading.Event()
     learner: subprocess.Popen[bytes] | None = None
     try:
@@ -86,7 +85,8 @@ def up(
             f"{c.settings.gateway.tls.scheme}://127.0.0.1:{port}"
         if key is not None:
             _check_auth_is_on(gateway, name, client.verify)
-        _print_usage(c, name, gateway, key_file if key is not None else None)
+        _print_usage(c, name, gateway, key_file if key is not None else None,
+                     client.url(start=False))
         if demo:
             _demo(c, name, gateway, requests, rotate_after, stop,
                   {"authorization": f"Bearer {key}"} if key is not None else {},
@@ -139,7 +139,8 @@ def _start_learner(c: CliContext, name: str) -> subprocess.Popen[bytes]:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "learner.log", "ab") as out:
         return start_python(
-            "stratum.cli.main", ["learn", name], env=c.settings.child_env(), stdout=out,
+            # --json: its reports are JSON lines too, like every log line in the file
+            "stratum.cli.main", ["learn", name, "--json"], env=c.settings.child_env(), stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -175,7 +176,8 @@ def _example_request(c: CliContext, name: str) -> Path:
     return path
 
 
-def _print_usage(c: CliContext, name: str, gateway: str, key_file: Path | None) -> None:
+def _print_usage(c: CliContext, name: str, gateway: str, key_file: Path | None,
+                 control: str) -> None:
     example = _example_request(c, name)
     auth = f"-H \"authorization: Bearer $(cat {key_file})\" " if key_file else ""
     need = f" Requests need the key in {key_file}." if key_file else " Auth is OFF."
@@ -186,6 +188,8 @@ def _print_usage(c: CliContext, name: str, gateway: str, key_file: Path | None) 
         f"  feedback  curl -s {auth}-H 'content-type: application/json' "
         f"{gateway}/v1/models/{name}/feedback "
         "-d '{\"request_id\": \"<x-request-id>\", \"label\": 7}'\n"
+        f"  dashboard {control}/ui/  (log in with the admin token: cat "
+        f"{c.settings.home.expanduser().resolve() / ADMIN_TOKEN_FILE})\n"
         f"  metrics   {gateway}/metrics\n  status    stratum status · stratum models history "
         f"{name}\n  learner   log in {c.settings.home / 'logs' / 'learner.log'}\n",
         soft_wrap=True)

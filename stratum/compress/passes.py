@@ -23,7 +23,7 @@ from stratum.data import Dataset
 from stratum.errors import ConfigError
 from stratum.models import build_model, load_network, load_predictor, num_outputs
 from stratum.store import LoadedModel, ModelSpec, Store
-from stratum.store.sparse import sparsify
+from stratum.store.sparse import is_packed_graph, pack_graph, sparsify
 
 Report = Callable[[str, dict[str, Any]], None]
 
@@ -33,7 +33,7 @@ class Finetune(Protocol):
 
     def __call__(self, store: Store, net: Any, *, dataset: str, config: dict[str, Any],
                  epochs: int, loss: Any = None, targets: np.ndarray | None = None,
-                 progress: Any = None) -> Any: ...
+                 progress: Any = None, lr_scale: float | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ class Prune:
     sparsity: float
     structured: bool = False
     finetune_epochs: int = 1
+    # Fine-tuning runs at a constant rate of the parent's peak rate times this, without
+    # the parent's warm-up and schedule: a trained network restarted at the full rate
+    # loses more than one epoch wins back (docs/compression.md).
+    finetune_lr: float = 0.1
 
     @property
     def name(self) -> str:
@@ -107,6 +111,9 @@ class Prune:
         _torch_only(kind, "pruning")
         if self.finetune_epochs < 0:
             raise ConfigError("finetune epochs must be >= 0")
+        if not 0 < self.finetune_lr <= 1:
+            raise ConfigError(f"the fine-tuning rate is a fraction of the parent's, in "
+                              f"(0, 1]; got {self.finetune_lr}")
         if self.structured and kind.architecture not in ("mlp", "cnn"):
             raise ConfigError(f"structured pruning knows the zoo's mlp and cnn, not "
                               f"{kind.architecture!r}", hint="drop --structured")
@@ -121,14 +128,16 @@ class Prune:
             net = build_model(spec.architecture, spec.input_shape,
                               num_outputs(spec.task, spec.classes), **spec.params)
             net.load_state_dict(state)
-            net = work.tune(net, self.finetune_epochs, "fine-tuning the pruned network")
+            net = work.tune(net, self.finetune_epochs, "fine-tuning the pruned network",
+                            lr_scale=self.finetune_lr)
             from safetensors.torch import save
 
             blob = save({k: v.contiguous() for k, v in net.state_dict().items()})
             return Child(spec, blob, {"params_before": _count(load_network(parent)),
                                       "params_after": _count(net), **widths})
         prn.magnitude(net, self.sparsity)
-        net = work.tune(net, self.finetune_epochs, "fine-tuning the pruned network")
+        net = work.tune(net, self.finetune_epochs, "fine-tuning the pruned network",
+                        lr_scale=self.finetune_lr)
         prn.make_permanent(net)
         return Child(spec, sparsify(net.state_dict()),
                      {"sparsity": round(prn.sparsity_of(net), 4), "format": "sparse"})
@@ -164,7 +173,7 @@ class Quantize:
             graph, diff = to_onnx(parent, x)
             checks["export_max_abs_diff"] = diff
         else:
-            graph = parent.weights_blob
+            graph = parent.onnx_graph()
         calib = None
         if self.mode == "static":
             x, _ = work.train_rows()
@@ -172,7 +181,7 @@ class Quantize:
             calib = x[np.sort(pick)]
             checks["calibration_rows"] = len(calib)
         work.report("stage", {"text": f"quantizing ({self.mode}) with ONNX Runtime"})
-        return Child(_onnx_spec(parent.spec), quantize(graph, self.mode, calib), checks)
+        return _onnx_child(parent.spec, quantize(graph, self.mode, calib), checks)
 
 
 @dataclass(frozen=True)
@@ -191,7 +200,7 @@ class Export:
     def run(self, work: Work, parent: LoadedModel) -> Child:
         x, _ = work.dataset.load("test")
         graph, diff = to_onnx(parent, x)
-        return Child(_onnx_spec(parent.spec), graph, {"max_abs_diff": diff})
+        return _onnx_child(parent.spec, graph, {"max_abs_diff": diff})
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,13 @@ class Distill:
         return spec, net
 
     def run(self, work: Work, parent: LoadedModel) -> Child:
-        spec, net = self.build(parent.spec)
+        import torch
+
+        # The student's initial weights come from the run's seed, as a trained network's
+        # do: the same call gives the same student, whatever ran before it in the process.
+        with torch.random.fork_rng():
+            torch.manual_seed(int(work.config.get("seed", 0)))
+            spec, net = self.build(parent.spec)
         x, y = work.train_rows()
         teacher = load_predictor(parent)
         soft = dst.targets(teacher, x, y, spec.task)
@@ -272,8 +287,16 @@ class Distill:
 Pass = Prune | Quantize | Export | Distill
 
 
-def _onnx_spec(spec: ModelSpec) -> ModelSpec:
-    return spec.model_copy(update={"framework": "onnx", "weights_file": "model.onnx"})
+def _onnx_child(spec: ModelSpec, graph: bytes, checks: dict[str, Any]) -> Child:
+    """An ONNX child, its graph deflated when that pays (a pruned network's zeros:
+    ``stratum.store.sparse.pack_graph``)."""
+    blob = pack_graph(graph)
+    packed = is_packed_graph(blob)
+    if packed:
+        checks = {**checks, "format": "onnx+deflate", "graph_bytes": len(graph)}
+    name = "model.onnx.z" if packed else "model.onnx"
+    return Child(spec.model_copy(update={"framework": "onnx", "weights_file": name}), blob,
+                 checks)
 
 
 def _count(net: Any) -> int:

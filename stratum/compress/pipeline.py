@@ -130,7 +130,7 @@ def _check_chain(root: LoadedModel, passes: Sequence[Pass], finetune: Finetune |
     """Every pass accepts what the one before makes; a student fits the input; the
     training loop is there for the passes that train."""
     spec = root.spec
-    quantized = spec.framework == "onnx" and is_quantized(root.weights_blob)
+    quantized = spec.framework == "onnx" and is_quantized(root.onnx_graph())
     kind = Kind(spec.framework, quantized, spec.architecture)
     for p in passes:
         kind = p.check(kind)

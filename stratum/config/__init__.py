@@ -2,6 +2,7 @@
 
 from stratum.config.servers import ClientTlsSettings, HttpLimits, TlsSettings
 from stratum.config.settings import (
+    ClusterSettings,
     ControlSettings,
     DataSettings,
     GatewaySettings,
@@ -14,6 +15,7 @@ from stratum.config.settings import (
 
 __all__ = [
     "ClientTlsSettings",
+    "ClusterSettings",
     "ControlSettings",
     "DataSettings",
     "GatewaySettings",

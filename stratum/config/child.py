@@ -36,9 +36,10 @@ def python_command(module: str, args: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-P", "-m", module, *args]
 
 
-def child_environ(extra: Mapping[str, str]) -> dict[str, str]:
-    """Our environment with ``extra`` on top and ``PYTHONPATH`` made absolute."""
-    env = {**os.environ, **extra}
+def child_environ(extra: Mapping[str, str], drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """Our environment without the variables named ``drop*`` (prefixes), with ``extra`` on
+    top and ``PYTHONPATH`` made absolute."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(drop)}, **extra}
     if env.get("PYTHONPATH"):
         # An empty entry means "the working directory" to Python: left as is it now means
         # CHILD_CWD, never the operator's folder.
@@ -48,8 +49,9 @@ def child_environ(extra: Mapping[str, str]) -> dict[str, str]:
 
 
 def start_python(module: str, args: Sequence[str] = (), *, env: Mapping[str, str],
-                 **popen: Any) -> subprocess.Popen[bytes]:
+                 drop: tuple[str, ...] = (), **popen: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen`` of ``python -P -m module args`` in ``/`` with our environment
-    plus ``env``; ``popen`` takes Popen's other keywords (stdout, process_group…)."""
+    (less the variables whose names start with one of ``drop``) plus ``env``; ``popen``
+    takes Popen's other keywords (stdout, process_group…)."""
     return subprocess.Popen(python_command(module, args), cwd=CHILD_CWD,
-                            env=child_environ(env), **popen)
+                            env=child_environ(env, drop), **popen)

@@ -21,6 +21,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from stratum.config.monitor import MonitorSettings
 from stratum.config.paths import PathList
 from stratum.config.servers import (
     ClientTlsSettings,
@@ -126,6 +127,24 @@ class ControlSettings(BaseModel):
     tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 
 
+class ClusterSettings(BaseModel):
+    """Where replicas (``deploy --backend``) and training (``train --backend``) run:
+    ``local`` processes of this machine, or a Ray cluster (docs/cluster.md)."""
+
+    backend: Literal["local", "ray"] = "local"
+    # The Ray head's GCS, HOST:PORT. None: the local cluster `stratum cluster up` started
+    # for this home.
+    address: str | None = None
+    # Ray's token authentication: the token file the cluster's nodes were started with.
+    # None: the local cluster's, else Ray's own defaults (RAY_AUTH_TOKEN, ~/.ray/auth_token).
+    auth_token_file: Path | None = None
+    # How long an address where no Ray answers is tried before a clear error.
+    connect_timeout_s: float = Field(10.0, gt=0, le=300)
+    # What each replica placed through Ray asks of its node, unless `deploy --cpus/--gpus`.
+    replica_cpus: float = Field(1.0, gt=0)
+    replica_gpus: float = Field(0.0, ge=0)
+
+
 class OnlineSettings(BaseModel):
     batch_size: int = Field(64, ge=1)
     replay_size: int = Field(2_000, ge=0)
@@ -203,6 +222,8 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=lambda: GatewaySettings())
     control: ControlSettings = Field(default_factory=lambda: ControlSettings())
     online: OnlineSettings = Field(default_factory=lambda: OnlineSettings())
+    cluster: ClusterSettings = Field(default_factory=lambda: ClusterSettings())
+    monitor: MonitorSettings = Field(default_factory=lambda: MonitorSettings())
     client_tls: ClientTlsSettings = Field(default_factory=lambda: ClientTlsSettings())
 
     @model_validator(mode="after")

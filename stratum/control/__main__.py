@@ -13,6 +13,8 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -22,18 +24,24 @@ from stratum.control.discovery import read_record, record_path, write_record
 from stratum.control.lease import FileLease, lease_for
 from stratum.errors import StratumError
 from stratum.httplimits import uvicorn_options
+from stratum.monitor.logging import setup_logging
 from stratum.security.access import warn_if_auth_off
 from stratum.security.tls import uvicorn_ssl
 
+if TYPE_CHECKING:  # the API module is imported only once the lease is decided
+    from stratum.control.api import Extension
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stratum.control", description=__doc__)
+
+def main(argv: list[str] | None = None, *, extensions: Sequence[Extension] = (),
+         prog: str = "python -m stratum.control") -> int:
+    """``extensions``: what the interface layer adds to this process (the dashboard of
+    ``python -m stratum.web``); see ``control.api.ControlParts``."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     args = p.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s control %(levelname)s %(message)s")
+    setup_logging(settings.log_level, component="control")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe otherwise
     warn_if_auth_off(logging.getLogger("stratum.control"), settings.gateway.require_auth,
                      "the gateway port of a deployment")
@@ -53,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tls = uvicorn_ssl(settings.control.tls, where="control")
         app = create_app(settings, on_ready=lambda: write_record(settings, host, port),
-                         lease=lease, url=url)
+                         lease=lease, url=url, extensions=extensions)
     except StratumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         uvicorn.run(limit_body(app, settings.control.max_body_bytes), host=host, port=port,
-                    log_level="warning", access_log=False,
+                    log_level="warning", access_log=False, log_config=None,
                     **uvicorn_options(settings.control.http), **tls)
     finally:
         rec = read_record(settings, check_alive=False)

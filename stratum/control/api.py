@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from stratum.config import Settings
 from stratum.control.audit import AuditTrail, Note, audit_note, spec_change
@@ -29,18 +30,24 @@ from stratum.control.autoscale import Scaling
 from stratum.control.autoscaler import Autoscaler
 from stratum.control.leading import Role, StandbyRedirect
 from stratum.control.lease import Lease, Unguarded
+from stratum.control.observe import Alerting
+from stratum.control.observe import add_routes as add_observe_routes
 from stratum.control.openapi import describe_api
+from stratum.control.placement import placed_spec
 from stratum.control.procs import port_free
 from stratum.control.spec import (
     DeploymentSpec,
     autoscale_notice,
     build_spec,
+    check_shared_port,
     load_spec,
     pin_notice,
     rolled_back,
 )
 from stratum.control.supervisor import Supervisor
 from stratum.errors import ConflictError, NotFoundError, StratumError
+from stratum.gateway.balancer import POLICIES
+from stratum.gateway.traffic import PoolLimits
 from stratum.security.access import KeyChecker, presented_key
 from stratum.security.tokens import ADMIN_TOKEN_FILE, ensure_admin_token
 from stratum.store import Store
@@ -71,6 +78,31 @@ class DeployRequest(BaseModel):
                                           "flight per replica the autoscaler aims at")
     scale_down_cooldown_s: float | None = Field(None, ge=0, le=86_400, description="seconds "
                                                 "of lower load before scaling down")
+    # This deployment's own admission on the gateways of its port (None: keep the current).
+    require_auth: bool | None = Field(None, description="need an API key for this deployment "
+                                      "(false: none, even where the gateway asks for one)")
+    rate_limit_per_s: float | None = Field(None, gt=0, le=1e6, description="requests per "
+                                           "second per key for this deployment")
+    rate_limit_burst: int | None = Field(None, ge=1, le=1_000_000)
+    # Where replicas run (None: as deployed, else cluster.backend) and what each asks of a
+    # Ray node (None: as deployed, else cluster.replica_cpus/replica_gpus).
+    backend: Literal["local", "ray"] | None = None
+    cpus: float | None = Field(None, gt=0, le=1024)
+    gpus: float | None = Field(None, ge=0, le=64)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str | None) -> str | None:
+        if v is not None and v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; use one of {', '.join(POLICIES)}")
+        return v
+
+    def limits(self) -> PoolLimits | None:
+        if self.require_auth is None and self.rate_limit_per_s is None:
+            return None
+        return PoolLimits(require_auth=self.require_auth,
+                          rate_limit_per_s=self.rate_limit_per_s,
+                          rate_limit_burst=self.rate_limit_burst)
 
 
 class ScaleRequest(BaseModel):
@@ -91,10 +123,28 @@ def _noticed(out: dict[str, Any], current: DeploymentSpec | None,
     return out | {"notice": notice} if notice else out
 
 
+@dataclass(frozen=True)
+class ControlParts:
+    """What an extension of the control plane's process builds on: the app to add routes
+    or mounts to, and what the API itself runs on. The interface layer composes the
+    process (``python -m stratum.web`` mounts the dashboard this way), so control never
+    imports it."""
+
+    app: FastAPI
+    settings: Settings
+    store: Store
+    supervisor: Supervisor
+    keys: KeyChecker
+
+
+Extension = Callable[[ControlParts], None]
+
+
 def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None = None,
-               url: str = "") -> FastAPI:
+               url: str = "", extensions: Sequence[Extension] = ()) -> FastAPI:
     """The API; it leads (runs the supervisor) once it holds ``lease`` (none: at once)
-    and stands by until then (``control.leading``)."""
+    and stands by until then (``control.leading``). Each of ``extensions`` is called once
+    with the finished app, before it serves."""
     store = Store.open(settings)
     meta = store.meta
     sup = Supervisor(settings, meta)
@@ -113,6 +163,8 @@ def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None 
                 on_ready()
             tasks.append(asyncio.create_task(sup.run()))
             tasks.append(asyncio.create_task(Autoscaler(settings, meta, sup).run()))
+            if settings.monitor.alerts:  # the alert rules, evaluated here (control.observe)
+                tasks.append(asyncio.create_task(Alerting(settings, sup, meta).run()))
 
         async def stop() -> None:  # on losing the lease: leave everything running
             while len(tasks) > 1:
@@ -181,12 +233,14 @@ def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None 
                                           max_replicas=req.max_replicas,
                                           target_inflight=req.target_inflight,
                                           scale_down_cooldown_s=req.scale_down_cooldown_s),
-                          defaults=settings.control)
-        for other, dep in existing.items():
-            if other != name and dep.spec.get("port") == spec.port:
-                raise ConflictError(f"port {spec.port} is already used by deployment {other}",
-                                    hint="choose another --port")
-        ours = current is not None and current.port == spec.port
+                          defaults=settings.control, limits=req.limits())
+        spec = placed_spec(spec, current, settings, req.backend, req.cpus, req.gpus)
+        sup.placements.of(spec.backend).check(spec.cpus, spec.gpus)  # before any change
+        neighbours = {o: s for o, d in existing.items() if o != name
+                      and (s := load_spec(d.spec)) is not None and s.port == spec.port}
+        check_shared_port(name, spec, neighbours)
+        # Ours when our gateways or a neighbour's (SO_REUSEPORT) hold it already.
+        ours = (current is not None and current.port == spec.port) or bool(neighbours)
         if not ours and not port_free(settings.gateway.host, spec.port):
             raise ConflictError(
                 f"port {spec.port} on {settings.gateway.host} is busy",
@@ -248,4 +302,7 @@ def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None 
                  "payload": e.payload} for e in rows]
 
     app.state.supervisor = sup
+    add_observe_routes(app, sup, role, meta, settings, url, guarded)  # /metrics, discovery
+    for extend in extensions:
+        extend(ControlParts(app, settings, store, sup, keys))
     return app

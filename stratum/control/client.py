@@ -34,12 +34,20 @@ _BY_STATUS: dict[int, type[StratumError]] = {
 }
 
 
+# How long a call waits for a leader when none leads (a start, a failover takes ~1 s).
+NO_LEADER_WAIT_S = 15.0
+
+
 class ControlClient:
     """``api_key``: an admin-scoped key; by default the home's admin token
-    (``{home}/admin.token``), made on first use as the control plane would make it."""
+    (``{home}/admin.token``), made on first use as the control plane would make it.
+    ``entry``: the module started when none runs (``python -m ENTRY``); the CLI names the
+    process its own layer composes (``stratum.web``: the API with the dashboard)."""
 
-    def __init__(self, settings: Settings, api_key: str | None = None) -> None:
+    def __init__(self, settings: Settings, api_key: str | None = None, *,
+                 entry: str = "stratum.control") -> None:
         self.settings = settings
+        self.entry = entry
         self._api_key = api_key
         self._url: str | None = None
         self._tls: ssl.SSLContext | None = None
@@ -100,14 +108,14 @@ class ControlClient:
             time.sleep(0.1)
 
     def _start(self) -> str:
-        """Start ``python -P -m stratum.control`` detached (own session, log under home)."""
+        """Start ``python -P -m ENTRY`` detached (own session, log under home)."""
         cfg = self.settings.control
         port = cfg.port if port_free(cfg.host, cfg.port) else free_port(cfg.host)
         home = private_home(self.settings.home)  # the log below is the first file in it
         (home / "logs").mkdir(parents=True, exist_ok=True)
         with open(home / "logs" / "control.log", "ab") as log:
             proc = start_python(
-                "stratum.control", ["--host", cfg.host, "--port", str(port)],
+                self.entry, ["--host", cfg.host, "--port", str(port)],
                 env=self.settings.child_env(),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
@@ -126,12 +134,20 @@ class ControlClient:
     # -- calls --------------------------------------------------------------------------------
     def call(self, method: str, path: str, json: Any = None, start: bool = True) -> Any:
         headers = self.headers
-        try:
-            # A standby answers 307 to the leader (same method and body).
-            r = httpx.request(method, self.url(start) + path, json=json, headers=headers,
-                              timeout=30.0, verify=self.verify, follow_redirects=True)
-        except httpx.HTTPError as exc:
-            raise ServingError(f"the control plane did not answer: {exc}") from exc
+        # Nobody leads for a moment (one just started and is taking the lease, or a leader
+        # just died): a 503 "NoLeaderError" with retry-after, worth waiting out briefly.
+        deadline = time.monotonic() + NO_LEADER_WAIT_S
+        while True:
+            try:
+                # A standby answers 307 to the leader (same method and body).
+                r = httpx.request(method, self.url(start) + path, json=json, headers=headers,
+                                  timeout=30.0, verify=self.verify, follow_redirects=True)
+            except httpx.HTTPError as exc:
+                raise ServingError(f"the control plane did not answer: {exc}") from exc
+            if r.status_code != 503 or "retry-after" not in r.headers or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(min(float(r.headers.get("retry-after", "1") or 1), 1.0) / 2)
         if r.status_code >= 400:
             try:
                 body = r.json()

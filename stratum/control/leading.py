@@ -78,15 +78,19 @@ class Role:
         return url
 
 
+_OWN = frozenset(("/health", "/metrics"))  # what a standby answers itself
+
+
 class StandbyRedirect:
     """ASGI middleware: while ``role`` does not lead, send every request but ``/health``
-    to the leader (307 keeps the method and the body)."""
+    and ``/metrics`` to the leader (307 keeps the method and the body)."""
 
     def __init__(self, app: ASGIApp, role: Role) -> None:
         self.app, self.role = app, role
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.role.leader or scope["path"] == "/health":
+        # /metrics too: a standby's own numbers (it leads nothing) are worth scraping.
+        if scope["type"] != "http" or self.role.leader or scope["path"] in _OWN:
             await self.app(scope, receive, send)
             return
         leader = await asyncio.to_thread(self.role.leader_url)

@@ -41,6 +41,7 @@ from stratum.errors import (
     UnsupportedMediaTypeError,
 )
 from stratum.openapi import ErrorBody, Operation
+from stratum.openapi.dataplane import METRICS
 from stratum.openapi.document import JSON_MEDIA, Reply, complete_document
 
 _CLOSED = ConfigDict(extra="forbid")
@@ -90,6 +91,17 @@ class Events(RootModel[list[EventView]]):
     pass
 
 
+class TargetGroup(BaseModel):
+    model_config = _CLOSED
+    targets: list[str] = Field(description="host:port of one process")
+    labels: dict[str, str] = Field(description="component, deployment, replica or gateway; "
+                                   "__scheme__ and __metrics_path__")
+
+
+class Targets(RootModel[list[TargetGroup]]):
+    pass
+
+
 _STANDBY = {
     307: Reply("this instance stands by (error NotLeaderError): ask the leader, in Location "
                "(same method and body)", {JSON_MEDIA: ErrorBody}),
@@ -118,14 +130,18 @@ OPERATIONS: tuple[Operation, ...] = (
               {200: _DEPLOYMENT}, (NotFoundError,)),
     Operation("GET", "/events", "Recent events, newest first", "events",
               {200: Reply("the events", {JSON_MEDIA: Events})}),
+    METRICS,
+    Operation("GET", "/prometheus/targets", "Every process to scrape (Prometheus "
+              "http_sd_configs)", "monitoring", {200: Reply("the targets", {JSON_MEDIA: Targets})}),
 )
 
 DESCRIPTION = """The Stratum control plane: deployments (the wanted state, which the
-supervisor converges to) and events. Every route but `/health` and this document needs a
-key with the `admin` scope, as `Authorization: Bearer sk_...` or `x-api-key`: the home's
-admin token (`{home}/admin.token`) or one from `stratum keys create NAME --scope admin`.
-Errors are `{"error", "message", "hint"?}`. Limits answer before any route: 414 (URL), 431
-(headers), 408 (slow request) and 413 (body)."""
+supervisor converges to), events, and what Prometheus scrapes. Every route but `/health`,
+`/metrics` and this document needs a key with the `admin` scope, as `Authorization: Bearer
+sk_...` or `x-api-key`: the home's admin token (`{home}/admin.token`) or one from
+`stratum keys create NAME --scope admin`. Errors are `{"error", "message", "hint"?}`.
+Limits answer before any route: 414 (URL), 431 (headers), 408 (slow request) and 413
+(body)."""
 _KEY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 _SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer",

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from stratum.cluster.procfs import is_zombie
 from stratum.config.child import start_python
 
 
@@ -53,7 +54,7 @@ class Proc:
             return False
         except PermissionError:
             return True
-        return not _is_zombie(self.pid)
+        return not is_zombie(self.pid)
 
     @property
     def returncode(self) -> int | None:
@@ -76,14 +77,6 @@ class Proc:
             return ""
         data = self.log.read_bytes()[-chars:].decode("utf-8", "replace")
         return data.strip()
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def spawn(module: str, args: list[str], env: dict[str, str], log: Path) -> Proc:

@@ -10,7 +10,7 @@ with a fake one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +103,16 @@ class Reconciler:
                          self.cfg.restart_backoff_s * 2 ** max(0, n - 1)))
 
     def wanted(self, st: DeploymentState, spec: DeploymentSpec | None, generation: int) -> None:
-        """A new generation of the wanted state: earlier start failures no longer count."""
+        """A new generation of the wanted state: earlier start failures and crash backoffs
+        no longer count, unless it wants the same versions (a scale, the autoscaler's
+        writes, a policy change): a crash-looping version must not restart eagerly again
+        each time the count moves."""
+        same = (st.spec is not None and spec is not None
+                and st.spec.versions().keys() == spec.versions().keys())
         st.spec, st.generation = spec, generation
-        st.start_failures.clear()
-        st.next_start.clear()
+        if not same:
+            st.start_failures.clear()
+            st.next_start.clear()
 
     # -- what was observed -------------------------------------------------------------------
     def past_ready_deadline(self, r: Replica) -> bool:
@@ -237,11 +243,11 @@ class Reconciler:
         return starts
 
     def started(self, st: DeploymentState, start: Start, port: int, pid: int,
-                secret: str = "", scheme: str = "http") -> Event:
+                secret: str = "", scheme: str = "http", host: str = "127.0.0.1") -> Event:
         st.replicas[start.id] = Replica(start.id, start.version, port, pid, self.clock(),
-                                        secret=secret, scheme=scheme)
+                                        secret=secret, scheme=scheme, host=host)
         return Event("replica.started", {"replica": start.id, "version": start.version,
-                                         "pid": pid, "port": port})
+                                         "pid": pid, "port": port, "host": host})
 
     def gateway_actions(self, st: DeploymentState,
                         spec: DeploymentSpec) -> tuple[list[int], list[Gateway]]:
@@ -266,40 +272,45 @@ class Reconciler:
                                          "admin_port": admin_port})
 
     @staticmethod
-    def to_push(st: DeploymentState, routes: RoutesSpec) -> list[Gateway]:
-        """The gateways that are up and lack this routing table."""
+    def to_push(st: DeploymentState, routes: RoutesSpec,
+                sharing: Iterable[Gateway] = ()) -> list[Gateway]:
+        """The gateways that are up and lack this routing table: the deployment's own and
+        those of the other deployments on its port (``sharing``), which get its requests
+        too."""
         etag = routes.etag()
-        return [g for g in st.gateways.values() if g.live and g.pushed_etag != etag]
+        return [g for g in (*st.gateways.values(), *sharing)
+                if g.live and g.pushed.get(st.name) != etag]
 
     @staticmethod
     def pushed(st: DeploymentState, gw: Gateway, routes: RoutesSpec,
                traffic: list[dict[str, Any]]) -> Event | None:
         """``gw`` took ``routes``; the event once the traffic split changed."""
-        gw.pushed_etag = routes.etag()
+        gw.pushed[st.name] = routes.etag()
         if traffic == st.traffic:
             return None
         st.traffic = traffic
         return Event("deployment.routes", {"traffic": traffic})
 
     @staticmethod
-    def acknowledged(st: DeploymentState, routes: RoutesSpec | None) -> bool:
+    def acknowledged(st: DeploymentState, routes: RoutesSpec | None,
+                     sharing: Iterable[Gateway] = ()) -> bool:
         """Whether the gateways hold ``routes`` (the table of the replicas as they are):
-        every live one (one still starting reads the latest table from the store before
-        it serves), and at least one."""
+        every live one on the port, the deployment's and ``sharing`` (one still starting
+        reads the latest tables from the store before it serves), and at least one."""
         if routes is None:
             return False
-        live = [g for g in st.gateways.values() if g.live]
-        return bool(live) and all(g.pushed_etag == routes.etag() for g in live)
+        live = [g for g in (*st.gateways.values(), *sharing) if g.live]
+        return bool(live) and all(g.pushed.get(st.name) == routes.etag() for g in live)
 
     @staticmethod
     def to_stop(st: DeploymentState, spec: DeploymentSpec | None, routes: RoutesSpec | None,
-                serving: set[str]) -> list[Stop]:
+                serving: set[str], sharing: Iterable[Gateway] = ()) -> list[Stop]:
         """Replicas to stop. Undeployed: all of them. Otherwise nothing until the gateway
         acknowledged ``routes``; then the ready ones it no longer names, and those still
         starting of versions no longer wanted."""
         if spec is None:
             return [Stop(r, drain=False) for r in st.replicas.values()]
-        if not Reconciler.acknowledged(st, routes):
+        if not Reconciler.acknowledged(st, routes, sharing):
             return []
         # Not "every ready replica outside the table": a new version's replica that is
         # ready while its siblings still start must stay (to_retire knows).

@@ -47,18 +47,29 @@ class Remote:
             pass  # it is stopped next anyway
 
     async def push_routes(self, name: str, gateway_url: str, body: str, token: str) -> bool:
-        """Install a routing table on deployment ``name``'s gateway (``token``: the admin
-        token it was started with); True once it has."""
+        """Install deployment ``name``'s routing table on a gateway of its port (``token``:
+        the admin token that gateway was started with); True once it has."""
         try:
             r = await self.http.put(
-                gateway_url + "/admin/routes", content=body,
+                f"{gateway_url}/admin/routes/{name}", content=body,
                 headers={"content-type": "application/json", "x-stratum-admin-token": token})
         except httpx.HTTPError as exc:
-            log.warning("could not push routes to %s: %s", name, exc)
+            log.warning("could not push the routes of %s to %s: %s", name, gateway_url, exc)
             return False
         if r.status_code != 200:
-            log.warning("gateway of %s refused routes: %s %s", name, r.status_code, r.text)
+            log.warning("gateway %s refused the routes of %s: %s %s", gateway_url, name,
+                        r.status_code, r.text)
         return r.status_code == 200
+
+    async def remove_routes(self, name: str, gateway_url: str, token: str) -> bool:
+        """Have a gateway stop serving deployment ``name``; True once it does not (404:
+        it did not)."""
+        try:
+            r = await self.http.delete(f"{gateway_url}/admin/routes/{name}",
+                                       headers={"x-stratum-admin-token": token})
+        except httpx.HTTPError:
+            return False
+        return r.status_code in (200, 404)
 
     async def routes_shown(self, gateway_url: str, token: str) -> dict[str, Any] | None:
         """What a gateway shows of its routes and load (``GET /admin/routes``: in flight

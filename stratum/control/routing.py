@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from stratum.control.spec import DeploymentSpec
+from stratum.control.spec import DeploymentSpec, route_names
 from stratum.gateway.traffic import GroupSpec, PoolSpec, RoutesSpec, ShadowSpec
 
 
@@ -61,10 +61,9 @@ def compute_routes(
     if spec.shadow and shadows:
         shadow = ShadowSpec(version=spec.shadow.version, replicas=[r.url for r in shadows])
         serving |= {r.id for r in shadows}
-    pool = PoolSpec(groups=groups, shadow=shadow)
-    pools = {name: pool}
-    if spec.model != name:  # clients may name the model or the deployment in the path
-        pools[spec.model] = pool
+    pool = PoolSpec(groups=groups, shadow=shadow, limits=spec.limits)
+    # Clients may name the model or the deployment in the path.
+    pools = dict.fromkeys(sorted(route_names(name, spec)), pool)
     traffic = [{"version": g.version, "weight": g.weight, "replicas": len(g.replicas)}
                for g in groups]
     if shadow is not None:

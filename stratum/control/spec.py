@@ -18,13 +18,14 @@ An autoscaled deployment (``autoscale``: ``--min-replicas``/``--max-replicas``) 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
 from stratum.config.settings import ControlSettings
 from stratum.control.autoscale import AutoscaleSpec, Scaling, resolve_scaling
 from stratum.errors import ConfigError, ConflictError
+from stratum.gateway.traffic import PoolLimits
 from stratum.security.names import validate_name
 from stratum.store import parse_ref
 from stratum.store.metadata import MetadataStore
@@ -54,6 +55,13 @@ class DeploymentSpec(BaseModel):
     policy: str | None = None
     follow: str | None = None  # an alias whose moves roll the deployment
     autoscale: AutoscaleSpec | None = None  # None: ``replicas`` stays as set
+    # Its own key requirement and rate limit on the gateways it shares a port with.
+    limits: PoolLimits | None = None
+    # Where its replicas run (cluster.backend when first deployed; docs/cluster.md) and
+    # what each asks of a Ray node (a local replica is a process of this machine).
+    backend: Literal["local", "ray"] = "local"
+    cpus: float = Field(1.0, gt=0, le=1024)
+    gpus: float = Field(0.0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _zero_only_when_autoscaled(self) -> DeploymentSpec:
@@ -107,6 +115,7 @@ def build_spec(
     canary: str | None = None, shadow: str | None = None, policy: str | None = None,
     follow: bool | None = None, gateways: int | None = None,
     scaling: Scaling | None = None, defaults: ControlSettings | None = None,
+    limits: PoolLimits | None = None,
 ) -> DeploymentSpec:
     """The new wanted state from a deploy request and the current spec (if any)."""
     count, autoscale = resolve_scaling(scaling, replicas, current.replicas if current else None,
@@ -147,7 +156,28 @@ def build_spec(
         canary=can, shadow=sha, previous=previous,
         policy=policy if policy is not None else (current.policy if current else None),
         follow=follow_alias,
+        limits=limits if limits is not None else (current.limits if current else None),
     )
+
+
+def route_names(name: str, spec: DeploymentSpec) -> set[str]:
+    """The names clients may use in a path to reach deployment ``name``."""
+    return {name, spec.model}
+
+
+def check_shared_port(name: str, spec: DeploymentSpec,
+                      neighbours: dict[str, DeploymentSpec]) -> None:
+    """Several deployments may share a gateway port, each reached by its own names; refuse
+    one whose deployment or model name another on the port answers to already."""
+    mine = route_names(name, spec)
+    for other, ns in sorted(neighbours.items()):
+        clash = mine & route_names(other, ns)
+        if clash:
+            raise ConflictError(
+                f"deployment {other} on port {spec.port} already answers to "
+                f"{', '.join(sorted(clash))}",
+                hint=f"deploy {name} on another --port, or under another --name than "
+                     f"{', '.join(sorted(clash))}")
 
 
 def followed(spec: DeploymentSpec, version: int) -> DeploymentSpec:

@@ -25,24 +25,29 @@ class Replica:
     healthy: bool = False
     secret: str = field(default="", repr=False)  # its generation's, given at start
     scheme: str = "http"  # "https" under serve.tls
+    host: str = "127.0.0.1"  # where it serves: a cluster node's address under Ray
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 @dataclass(eq=False)
 class Gateway:
     """One gateway process of a deployment. Several share the public ``port``
-    (SO_REUSEPORT: the kernel spreads connections); each also listens on its own loopback
-    ``admin_port``, where the supervisor's probes and pushes reach exactly this one."""
+    (SO_REUSEPORT: the kernel spreads connections), those of the deployment and those of
+    any other deployment on that port, so each serves all of their tables; each also
+    listens on its own loopback ``admin_port``, where the supervisor's probes and pushes
+    reach exactly this one."""
 
     slot: int  # 0 .. spec.gateways - 1
     pid: int
     port: int
     admin_port: int
     live: bool = False
-    pushed_etag: str | None = None  # the routing table it acknowledged
+    # Deployment → the etag of its table this gateway acknowledged: a gateway serves every
+    # deployment on its port, its own and the others'.
+    pushed: dict[str, str] = field(default_factory=dict)
     scheme: str = "http"
 
     @property
@@ -119,7 +124,7 @@ def observed(st: DeploymentState, spec: DeploymentSpec, converged: bool,
                       "live": g.live} for g in sorted(st.gateways.values(),
                                                        key=lambda g: g.slot)],
         "replicas": [{"id": r.id, "version": r.version, "pid": r.pid, "port": r.port,
-                      "url": r.url, "state": r.state, "healthy": r.healthy}
+                      "host": r.host, "url": r.url, "state": r.state, "healthy": r.healthy}
                      for r in st.replicas.values()],
         "traffic": st.traffic, "last_error": st.last_error,
     }

@@ -3,18 +3,15 @@ processes running, in the manner of Ray Serve's controller.
 
 Every tick, for every deployment, it: reaps exited processes (a crash schedules a restart
 with exponential backoff), probes starting replicas until ready, starts what is missing,
-starts the gateway, computes the routing table from the *ready* replicas and PUTs it to the
-gateway, and only once the gateway has acknowledged a table that no longer names a
-replica does it drain and stop that replica. A rolling update, a scale, a canary and a
-crash recovery are therefore the same loop: nothing is stopped before its replacement
-serves and the gateway has moved traffic away from it, which is what makes them lossless.
+starts the gateway, computes the routing table from the *ready* replicas and PUTs it to
+the gateways, and drains and stops a replica only once they acknowledged a table without
+it. A rolling update, a scale, a canary and a crash recovery are the same loop: nothing
+stops before its replacement serves and the gateway moved traffic away from it.
 
-A new version whose replicas fail to start ``start_attempts`` times is given up: the
-wanted state reverts to the version still serving and ``observed.last_error`` says why.
-
-What to do is decided in ``reconcile``; this module does it (processes, HTTP, the store).
-Each deployment is reconciled on its own: one that raises is logged and reported as its
-``deployment.reconcile_failed`` event and ``last_error``, and the others go on.
+A version whose replicas fail to start ``start_attempts`` times is given up (the wanted
+state reverts to the version serving). What to do is decided in ``reconcile``; this does
+it. Each deployment is reconciled on its own: one that raises is reported
+(``deployment.reconcile_failed``, ``last_error``) and the others go on.
 """
 
 from __future__ import annotations
@@ -32,10 +29,13 @@ from stratum.config import Settings
 from stratum.control import procs
 from stratum.control.adopt import adopt
 from stratum.control.follow import follow_aliases
+from stratum.control.metrics import ControlMetrics
+from stratum.control.placements import Placements, replica_job
 from stratum.control.procs import Process, Spawn
 from stratum.control.reconcile import Event, Reconciler, Stop
 from stratum.control.remote import Remote
 from stratum.control.routing import compute_routes
+from stratum.control.sharing import on_port, prune_parts
 from stratum.control.spec import DeploymentSpec, load_spec
 from stratum.control.state import DeploymentState, Gateway, Replica, observed, settling
 from stratum.security.tls import client_context
@@ -64,19 +64,21 @@ class Supervisor:
         # certificate replicas under mutual TLS ask for.
         self.remote = Remote(http or httpx.AsyncClient(
             timeout=2.0, verify=client_context(settings.client_tls)))
-        self._spawn, self._free_port = spawn, free_port
+        self._spawn, self._free_port = spawn, free_port  # gateways; replicas: placements
+        self.placements = Placements(settings, spawn, free_port)  # by a spec's backend
         self._env = settings.child_env()  # replicas get their secret, gateways the token
         self._logs = settings.home.expanduser().resolve() / "logs"
         self._tasks: set[asyncio.Task[None]] = set()  # swaps, stops, events under way
         self._errors: dict[str, str] = {}  # deployment → the failure last reported
         self.wake = asyncio.Event()
+        self.metrics = ControlMetrics()  # stratum_control_*, served on /metrics
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
         await self.adopt()
         while True:
             try:
-                busy = await self.tick()
+                busy = await self.metrics.timed(self.tick())
             except Exception:  # the loop must outlive any one bad tick
                 log.exception("reconcile tick failed")
                 busy = False
@@ -118,6 +120,7 @@ class Supervisor:
                 st.spec = None
         results = await asyncio.gather(*(self._reconcile_guarded(st, failed)
                                          for st in self.states.values()))
+        await prune_parts(self.states, self.remote)
         for name, error in failed.items():
             await self._report(name, error)
         self._errors = {n: msg for n, msg in self._errors.items() if n in failed}
@@ -157,22 +160,25 @@ class Supervisor:
                 return True  # the reverted spec is the next generation; this one is done
         for swap in self.rec.to_swap(st, spec):
             self._background(self._swap(st, swap.replica, swap.version))
-        self._start_missing(st, spec)
+        await self._start_missing(st, spec)
         self._ensure_gateway(st, spec)
         routes, traffic, serving = compute_routes(st.name, spec, st.replicas.values())
         if routes is not None and self._stored.get(st.name) != routes.etag():
             # In the store first: a gateway that starts or restarts from now on reads it.
             await asyncio.to_thread(self.runtime.save_routes, st.name, routes.etag(),
-                                    routes.model_dump(mode="json"))
+                                    routes.model_dump(mode="json"), spec.port)
             self._stored[st.name] = routes.etag()
+        around = on_port(self.states.values(), spec.port)  # other deployments' too
+        tokens = {id(g): o.gateway_token for o, g in around}
+        sharing = [g for o, g in around if o is not st]
         if routes is not None:
             body = routes.model_dump_json()
-            for gw in self.rec.to_push(st, routes):
+            for gw in self.rec.to_push(st, routes, sharing):
                 if await self.remote.push_routes(st.name, gw.admin_url, body,
-                                                 st.gateway_token):
+                                                 tokens[id(gw)]):
                     await self._record(st.name, self.rec.pushed(st, gw, routes, traffic))
-        self._stop(st, self.rec.to_stop(st, spec, routes, serving))
-        return await self._observe(st, spec, self.rec.acknowledged(st, routes))
+        self._stop(st, self.rec.to_stop(st, spec, routes, serving, sharing))
+        return await self._observe(st, spec, self.rec.acknowledged(st, routes, sharing))
 
     async def _report(self, name: str, exc: Exception) -> None:
         """Log a deployment's failed reconcile; record it once while it keeps failing."""
@@ -211,14 +217,14 @@ class Supervisor:
             # meanwhile, the first tick sees a new generation and rolls them onto it.
             self.rec.wanted(st, spec, known.generation)
             st.secret, st.gateway_token = known.secret, known.gateway_token
-            found = adopt(st, row.observed or {}, known, self._logs, self.rec.clock())
+            place = self.placements.of(spec.backend)
+            found = adopt(st, row.observed or {}, known, self._logs, self.rec.clock(), place.adopt)
             self.procs.update(found.replicas)
             for slot, proc in found.gateways.items():
                 self.gateways[row.name, slot] = proc
-            for proc in [*found.replicas.values(), *found.gateways.values()]:
-                procs.watch_exit(proc.pid, self.wake.set)
-            if known.etag:
-                self._stored[row.name] = known.etag
+            for running in [*found.replicas.values(), *found.gateways.values()]:
+                place.watch(running, self.wake.set)
+            # Not marked stored: the first tick writes the table again with its port.
             await self._record(row.name, Event("deployment.adopted", {
                 "replicas": sorted(p.pid for p in found.replicas.values()),
                 "gateways": sorted(p.pid for p in found.gateways.values())}))
@@ -253,18 +259,16 @@ class Supervisor:
         checks += [gateway(gw) for gw in st.gateways.values()]
         await asyncio.gather(*checks)
 
-    def _start_missing(self, st: DeploymentState, spec: DeploymentSpec) -> None:
-        for start in self.rec.to_start(st, spec):
-            port = self._free_port()
-            # The secret goes in the environment: argv is visible to every user in `ps`.
-            proc = self._spawn("stratum.serve", [
-                "--model", f"{spec.model}@{start.version}", "--port", str(port),
-                "--name", st.name], {**self._env, REPLICA_SECRET_ENV: st.secret},
-                self._logs / st.name / f"{start.id}.log")
-            self.procs[start.id] = proc
-            procs.watch_exit(proc.pid, self.wake.set)
-            self._record_soon(st.name, self.rec.started(st, start, port, proc.pid, st.secret,
-                                                            self.settings.serve.tls.scheme))
+    async def _start_missing(self, st: DeploymentState, spec: DeploymentSpec) -> None:
+        place, starts = self.placements.of(spec.backend), self.rec.to_start(st, spec)
+        env = {**self._env, REPLICA_SECRET_ENV: st.secret}  # not in argv: `ps` shows argv
+        placed = await asyncio.gather(*(place.start(replica_job(
+            st.name, s.id, f"{spec.model}@{s.version}", env, self._logs, spec)) for s in starts))
+        for start, p in zip(starts, placed, strict=True):
+            self.procs[start.id] = p.proc
+            place.watch(p.proc, self.wake.set)
+            self._record_soon(st.name, self.rec.started(st, start, p.port, p.proc.pid, st.secret,
+                                                        self.settings.serve.tls.scheme, p.host))
 
     async def _swap(self, st: DeploymentState, r: Replica, version: int) -> None:
         t0 = time.monotonic()
@@ -317,7 +321,7 @@ class Supervisor:
 
     async def _record(self, subject: str, event: Event | None) -> None:
         if event is not None:
-            log.info("%s %s %s", event.kind, subject, event.payload)
+            self.metrics.note(event.kind, subject, event.payload)  # logged and counted
             await asyncio.to_thread(self.meta.add_event, event.kind, subject, event.payload)
 
     def _record_soon(self, subject: str, event: Event) -> None:

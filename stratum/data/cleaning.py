@@ -37,6 +37,20 @@ class CleaningReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def add(self, other: CleaningReport) -> None:
+        """Add the counts of ``other`` (another batch's cleaning) to these."""
+        self.rows_read += other.rows_read
+        self.invalid_rows += other.invalid_rows
+        self.missing_target += other.missing_target
+        self.duplicates += other.duplicates
+        self.rows_kept += other.rows_kept
+        for mine, theirs in ((self.type_errors, other.type_errors),
+                             (self.out_of_bounds, other.out_of_bounds),
+                             (self.unknown_category, other.unknown_category),
+                             (self.dropped_missing, other.dropped_missing)):
+            for key, n in theirs.items():
+                _add(mine, key, n)
+
     def lines(self) -> list[str]:
         """Human-readable lines, one per non-zero count."""
         out = [f"rows read: {self.rows_read:,}"]

@@ -119,36 +119,51 @@ class CsvSource:
         return batch
 
     def batches(self, schema: Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
-        block = int(min(max(batch_rows * self._bytes_per_row, _MIN_PIECE_BYTES), 64 << 20))
-        if self.text_mode:
-            types: dict[str, pa.DataType] = {c: pa.string() for c in self._sample_types}
-        else:
-            types = {f.name: pa.float64() for f in schema.features if f.type == "numeric"
-                     and not pa.types.is_string(self._sample_types.get(f.name, pa.null()))}
-            if any(f.type == "numeric" and f.name not in types for f in schema.features):
-                self.text_mode = True  # a numeric column already holds text: go tolerant
-                yield from self.batches(schema, batch_rows)
-                return
+        block, types = self.plan(schema, batch_rows)
         names: list[str] | None = None
-        for piece in self._pieces(block):
-            try:
-                table = self._parse(piece, types, names)
-            except (pa.ArrowInvalid, OSError) as exc:
-                if not self.text_mode and "conversion error" in str(exc) and (
-                        "UTF8" not in str(exc)):
-                    self.text_mode = True
-                    raise RetryAsText(str(exc)) from exc
-                raise self._error(exc) from exc
+        for piece in self.pieces(block):
+            table = self.parse(piece, types, names)
             if names is None:
-                # Later pieces have no header; they keep the first piece's column types,
-                # as one streaming reader would (a value that does not fit → RetryAsText).
-                names = table.column_names
-                types = {**{n: t for n, t in zip(names, table.schema.types, strict=True)
-                            if not pa.types.is_null(t)}, **types}
+                names, types = self.header_types(table, types)
             if table.num_rows:
                 yield from table.combine_chunks().to_batches()
 
-    def _pieces(self, size: int) -> Iterator[bytes]:
+    def plan(self, schema: Schema, batch_rows: int) -> tuple[int, dict[str, pa.DataType]]:
+        """The piece size and the column types the first piece is parsed with (switching
+        to text mode when the sample already shows text in a numeric column)."""
+        block = int(min(max(batch_rows * self._bytes_per_row, _MIN_PIECE_BYTES), 64 << 20))
+        if self.text_mode:
+            return block, {c: pa.string() for c in self._sample_types}
+        types = {f.name: pa.float64() for f in schema.features if f.type == "numeric"
+                 and not pa.types.is_string(self._sample_types.get(f.name, pa.null()))}
+        if any(f.type == "numeric" and f.name not in types for f in schema.features):
+            self.text_mode = True  # a numeric column already holds text: go tolerant
+            return self.plan(schema, batch_rows)
+        return block, types
+
+    @staticmethod
+    def header_types(first: pa.Table, types: dict[str, pa.DataType]
+                     ) -> tuple[list[str], dict[str, pa.DataType]]:
+        """Later pieces have no header; they keep the first piece's column types, as one
+        streaming reader would (a value that does not fit -> ``RetryAsText``)."""
+        names = first.column_names
+        return names, {**{n: t for n, t in zip(names, first.schema.types, strict=True)
+                          if not pa.types.is_null(t)}, **types}
+
+    def parse(self, piece: bytes, types: dict[str, pa.DataType],
+              names: list[str] | None) -> pa.Table:
+        """One piece (the first with the header when ``names`` is None); a conversion
+        error on the typed path raises ``RetryAsText``, others a ``DataError``."""
+        try:
+            return self._parse(piece, types, names)
+        except (pa.ArrowInvalid, OSError) as exc:
+            if not self.text_mode and "conversion error" in str(exc) and (
+                    "UTF8" not in str(exc)):
+                self.text_mode = True
+                raise RetryAsText(str(exc)) from exc
+            raise self._error(exc) from exc
+
+    def pieces(self, size: int) -> Iterator[bytes]:
         """The file in pieces of about ``size`` bytes, each ending at a line end; the first
         holds the header. Values cannot span lines (pyarrow's default, which we keep)."""
         with self.path.open("rb") as fh:

@@ -2,11 +2,12 @@
 
 Two passes, memory bounded by a few batches (pass 1) and one shard (pass 2):
 
-1. Stream batches from the source; type and clean each; drop duplicates by row
-   fingerprint; give each kept row an id, a split and a shard (``hash(key) % N``); hand
-   it to ``ShardFiles``, which writes each shard once as R byte-identical replica files
-   staged in the artifact store (hashed and made durable as they are written, on a
-   background thread) while statistics accumulate.
+1. Stream batches from the source, each typed, cleaned and fingerprinted by a
+   ``Preparer`` (here, or on a Ray cluster's nodes: ``prepare.py``); in the source's
+   order, drop duplicates by row fingerprint; give each kept row an id, a split and a
+   shard (``hash(key) % N``); hand it to ``ShardFiles``, which writes each shard once
+   as R byte-identical replica files staged in the artifact store (hashed and made
+   durable as they are written, on a background thread) while statistics accumulate.
 2. The version is a content hash of the layout, the schema, the imputation values and
    every kept row's fingerprint. If it exists, nothing is published (same data, same
    version). Otherwise a shard with missing values is rewritten with them imputed, each
@@ -31,13 +32,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from safetensors.numpy import save as st_save
 
-from stratum.data.cleaning import CleaningReport, Deduper, clean_batch
+from stratum.data.cleaning import CleaningReport, Deduper
 from stratum.data.csv_reader import RetryAsText
 from stratum.data.dataset import ROW_ID, SPLIT
 from stratum.data.fitting import fill_values, fit_pipeline
-from stratum.data.prefetch import prefetch
+from stratum.data.prepare import LocalPreparer, Preparer
 from stratum.data.schema import Schema, infer_schema, infer_task
-from stratum.data.sharding import row_hashes, shard_of
+from stratum.data.sharding import shard_of
 from stratum.data.sources import open_source
 from stratum.data.spill import ShardFiles, write_replicas
 from stratum.data.split import Splitter
@@ -74,12 +75,15 @@ class _Pass:
 def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: int = 2,
            shard_key: str | None = None, schema: Schema | None = None,
            progress: Callable[[int], None] | None = None,
-           batch_rows: int = 65_536) -> IngestResult:
+           batch_rows: int = 65_536, preparer: Preparer | None = None) -> IngestResult:
     """Ingest ``source`` as dataset ``name``; ``progress`` gets each batch's row count.
+    ``preparer`` reads and cleans the batches (``preparer_for``: in this process, or on a
+    Ray cluster); the version is the same either way.
 
     >>> # ingest("builtin:iris", "iris", store).version.version[:12]  # doctest: +SKIP
     """
     validate_name(name, "dataset name")
+    preparer = preparer or LocalPreparer()
     if shards < 1 or replicas < 1:
         raise DataError(f"shards ({shards}) and replicas ({replicas}) must be at least 1")
     src = open_source(source)
@@ -93,13 +97,13 @@ def ingest(source: str, name: str, store: Store, *, shards: int = 8, replicas: i
     try:
         try:
             done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
-                             progress)
+                             progress, preparer)
         except RetryAsText:
             # A number column held text: read again as text so cleaning counts bad rows.
             files.discard()
             files = new_files()
             done = _pass_one(src, resolved, target_type, shard_key, files, batch_rows,
-                             progress)
+                             progress, preparer)
         if done.rows == 0:
             raise DataError(f"{src.where}: the dataset is empty after cleaning ("
                             + "; ".join(done.report.lines()) + ")")
@@ -159,22 +163,20 @@ def _class_order(label: Any) -> tuple[int, Any]:
 
 def _pass_one(src: Source, schema: Schema, target_type: pa.DataType,
               shard_key: str | None, files: ShardFiles, batch_rows: int,
-              progress: Callable[[int], None] | None) -> _Pass:
+              progress: Callable[[int], None] | None, preparer: Preparer) -> _Pass:
     report, dedupe = CleaningReport(), Deduper()
     splitter = Splitter(schema.val_fraction, schema.test_fraction)
     stats = StatsAccumulator(schema)
     fingerprint = hashlib.blake2b(digest_size=32)
     shards = files.shards
     shard_rows = np.zeros(shards, dtype=np.int64)
-    columns = [*schema.feature_names, schema.target]
     next_id = 0
-    for raw in prefetch(src.batches(schema, batch_rows)):
+    for part in preparer.prepare(src, schema, target_type, batch_rows, report):
         if progress is not None:
-            progress(raw.num_rows)
-        batch = clean_batch(raw, schema, target_type, report)
+            progress(part.rows_read)
+        batch, hashes = part.batch, part.hashes
         if batch.num_rows == 0:
             continue
-        hashes = row_hashes(batch, columns)
         if schema.dedupe:
             keep = dedupe.keep(hashes)
             report.duplicates += int((~keep).sum())

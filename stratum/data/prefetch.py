@@ -5,12 +5,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
-import pyarrow as pa
+T = TypeVar("T")
 
 
-def prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+def prefetch(batches: Iterator[T], depth: int = 2) -> Iterator[T]:
     """Read the next ``depth`` batches in a background thread while the caller works on
     the current one: Arrow's readers release the GIL, so reading overlaps cleaning and
     shard writing. Exceptions reach the caller where the plain iterator would raise them."""

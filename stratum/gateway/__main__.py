@@ -1,10 +1,11 @@
 """``python -m stratum.gateway --port P [--replica URL ...] [--name DEPLOYMENT]``
 
 Static mode (``--replica``, as the benches use it) routes every model name to the given
-replicas. Otherwise (``--name``) the table starts from the deployment's routes in the
-store (so a restarted or a second gateway serves at once), follows them there
-(``gateway.routes_poll_s``), and the supervisor PUTs ``/admin/routes`` whenever the
-replica set or the traffic split changes. Settings come from
+replicas. Otherwise (``--name``) the table starts from the routes in the store of every
+deployment on the gateway's port (so a restarted or a second gateway serves at once, and
+one gateway serves several deployments), follows them there (``gateway.routes_poll_s``),
+and the supervisor PUTs ``/admin/routes/NAME`` whenever a deployment's replica set or
+traffic split changes. Settings come from
 ``STRATUM_SETTINGS_JSON``. ``/admin/*`` always needs a credential: the token in
 ``STRATUM_GATEWAY_TOKEN`` (the supervisor sets it) or, where the gateway has the metadata
 store (``--name``, or ``gateway.require_auth``), an admin-scoped key.
@@ -25,9 +26,10 @@ from stratum.config import load_settings
 from stratum.errors import StratumError
 from stratum.gateway.app import Gateway
 from stratum.gateway.server import GatewayServer
-from stratum.gateway.sync import stored_routes
+from stratum.gateway.sync import routes_on_port
 from stratum.gateway.traffic import RoutesSpec, static_routes
 from stratum.httplimits import uvicorn_options
+from stratum.monitor.logging import setup_logging
 from stratum.security.access import warn_if_auth_off
 from stratum.security.tls import uvicorn_ssl
 from stratum.store.metadata import MetadataStore
@@ -49,8 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="serve the ASGI app on uvicorn instead of the built-in server")
     args = p.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s gateway %(levelname)s %(message)s")
+    setup_logging(settings.log_level, component="gateway", deployment=args.name)
     host = args.host or settings.gateway.host
     port = args.port if args.port is not None else settings.gateway.port
     warn_if_auth_off(logging.getLogger("stratum.gateway"), settings.gateway.require_auth,
@@ -60,12 +61,18 @@ def main(argv: list[str] | None = None) -> None:
         assert settings.metadata_url
         meta = MetadataStore.open(settings.metadata_url)
     try:
-        routes = static_routes(args.replica, os.environ.get("STRATUM_REPLICA_SECRET"))
-        if not args.replica and args.name and meta is not None:
-            # Before serving: a restarted (or second) gateway starts with the current table.
-            routes = stored_routes(RuntimeStore(meta), args.name) or RoutesSpec()
+        routes: RoutesSpec | None = static_routes(
+            args.replica, os.environ.get("STRATUM_REPLICA_SECRET"))
+        parts = None
+        named = not args.replica and args.name and meta is not None
+        if named:
+            # Before serving: a restarted (or second) gateway starts with the current tables
+            # of every deployment on its port.
+            assert meta is not None
+            routes, parts = None, routes_on_port(RuntimeStore(meta), port, args.name)
         app = Gateway(settings, routes, meta=meta, name=args.name,
-                      admin_token=os.environ.get("STRATUM_GATEWAY_TOKEN"))
+                      admin_token=os.environ.get("STRATUM_GATEWAY_TOKEN"),
+                      port=port if named else None, parts=parts)
     except ValueError as exc:  # pydantic's: a malformed STRATUM_REPLICA_SECRET
         raise SystemExit(f"gateway: STRATUM_REPLICA_SECRET is not usable: {exc}") from exc
     except StratumError as exc:
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"gateway: {exc}") from exc
     if server is None:
         uvicorn.run(app, host=host, port=port, loop="uvloop",
-                    log_level="warning", access_log=False, server_header=False,
+                    log_level="warning", access_log=False, server_header=False, log_config=None,
                     date_header=False, proxy_headers=False, lifespan="on", backlog=4096,
                     **uvicorn_options(settings.gateway.http), **tls)  # httptools, gateway.http
         return

@@ -50,8 +50,11 @@ class GatewayAdmin:
         finally:
             source = f"{call.client}:{call.port}" if call.port else (call.client or "unknown")
             action = call.path.removeprefix("/admin/").replace("/", ".") or "admin"
+            target = self.gw.name or ""
+            if action.startswith("routes."):  # one deployment's part: it is the target
+                action, target = "routes", action.removeprefix("routes.")
             await self.auditor.record(self._actor(call), source,
-                                      f"{action}.{call.method.lower()}", self.gw.name or "",
+                                      f"{action}.{call.method.lower()}", target[:128],
                                       status, detail)
 
     async def _admit(self, call: Call) -> None:

@@ -33,7 +33,7 @@ from stratum.errors import (
     UpstreamError,
 )
 from stratum.gateway.admin import GatewayAdmin
-from stratum.gateway.auth import RateLimiter, scope_for
+from stratum.gateway.auth import Admission
 from stratum.gateway.call import (
     JSON_HEADERS,
     Call,
@@ -42,7 +42,6 @@ from stratum.gateway.call import (
     Send,
     model_of,
     read_call_body,
-    route_label,
 )
 from stratum.gateway.health import Health
 from stratum.gateway.hold import RETRY_AFTER_S, Hold, routed
@@ -50,9 +49,11 @@ from stratum.gateway.local import LocalRoutes
 from stratum.gateway.metrics import GatewayMetrics
 from stratum.gateway.retry import RetryBudget, should_retry
 from stratum.gateway.sync import follow_routes
-from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable
+from stratum.gateway.traces import end_request, start_request
+from stratum.gateway.traffic import Group, Pool, RoutesSpec, RouteTable, merge
 from stratum.gateway.upstream import Upstream, UpstreamResponse
-from stratum.security.access import KeyChecker, presented_key
+from stratum.monitor.tracing import tracer_for
+from stratum.security.access import KeyChecker
 from stratum.security.tls import client_context
 from stratum.store.audit import AuditLog, Auditor
 from stratum.store.metadata import MetadataStore
@@ -75,24 +76,32 @@ class Gateway:
     def __init__(
         self, settings: Settings, routes: RoutesSpec | None = None, *,
         meta: MetadataStore | None = None, name: str | None = None,
-        admin_token: str | None = None,
+        admin_token: str | None = None, port: int | None = None,
+        parts: dict[str, RoutesSpec] | None = None,
     ) -> None:
+        """``name``: the deployment that started this gateway; ``port``: its public port,
+        whose deployments' tables (``parts``, then the store's) it serves."""
         g = self.cfg = settings.gateway
         self.name = name
         # What https:// replicas are verified with, and shown under mutual TLS.
         self.tls = client_context(settings.client_tls)
-        self.table = RouteTable(routes or RoutesSpec(), g.policy, {}, self.tls)
+        # Several deployments can share this gateway (one port): a table per deployment,
+        # merged into the one the hot path reads (``traffic.merge``).
+        self.parts: dict[str, RoutesSpec] = {}
+        self.part_etags: dict[str, str] = {}
+        self.table = RouteTable(RoutesSpec(), g.policy, {}, self.tls)
+        self.port = port
         self.health = Health(g.eject_after_failures, g.health_interval_s)
         self.budget = RetryBudget(g.retry_budget)
         self.metrics = GatewayMetrics()
+        self.tracer = tracer_for(settings.monitor, "gateway")  # None: tracing off
         if g.require_auth and meta is None:
             raise ServingError("gateway.require_auth is on but no metadata store was given")
         # Keys are checked whenever there is a store: /admin/* always needs a credential.
         self.keys = KeyChecker(meta, g.auth_cache_s) if meta is not None else None
         # A named gateway follows its deployment's routes in the store (gateway.sync).
         self.runtime = RuntimeStore(meta) if meta is not None and name else None
-        self.limiter = (RateLimiter(g.rate_limit_per_s, g.rate_limit_burst)
-                        if g.rate_limit_per_s else None)
+        self.admission = Admission(g, self.keys)
         self._hash_header = g.hash_header.lower().encode()
         self._forward = _FORWARD | {self._hash_header}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -101,6 +110,10 @@ class Gateway:
         self.local = LocalRoutes(self)
         self.admin = GatewayAdmin(self, self.local, self.keys, admin_token, Auditor(
             "gateway", AuditLog(meta) if meta is not None else None))
+        if routes is not None:
+            self.install(routes)
+        for part, spec in (parts or {}).items():
+            self.install(spec, part)
 
     # -- ASGI -----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,9 +137,9 @@ class Gateway:
         """Start the active health checks (call once, on the serving loop)."""
         task = asyncio.create_task(self.health.run(lambda: self.table.upstreams.values()))
         self._tasks.add(task)
-        if self.runtime is not None and self.name:
+        if self.runtime is not None and self.port is not None:
             self._tasks.add(asyncio.create_task(follow_routes(
-                self, self.runtime, self.name, self.cfg.routes_poll_s)))
+                self, self.runtime, self.port, self.name, self.cfg.routes_poll_s)))
 
     async def stop_background(self) -> None:
         for t in list(self._tasks):
@@ -160,6 +173,7 @@ class Gateway:
         if not rid or len(rid) > 128:
             rid = f"{_ID_PREFIX}{next(_ids):010x}".encode()
             headers[b"x-request-id"] = rid
+        span = None if self.tracer is None else start_request(self.tracer, call, rid)
         try:
             status, out_headers, body = await self._dispatch(call)
         except StratumError as exc:
@@ -169,7 +183,9 @@ class Gateway:
         out = list(out_headers)
         if not any(k == b"x-request-id" for k, _ in out):
             out.append((b"x-request-id", rid))
-        self.metrics.observe(route_label(call.path), status, time.perf_counter() - t0)
+        self.metrics.observe(call.path, self.table.pools, status, time.perf_counter() - t0)
+        if span is not None:
+            end_request(span, status)
         return status, out, body
 
     async def _dispatch(self, call: Call) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -179,12 +195,12 @@ class Gateway:
         local = self.local.find(call.method, path)
         if local is not None:
             return await local(call)
-        await self._admit(call)
-        body = await read_call_body(call, self.cfg.max_body_bytes)
         model = model_of(path)
         table = self.table
         pool = table.pool(model) if model else (table.wildcard or next(
             iter(table.pools.values()), None))
+        await self.admission.admit(call, pool)  # before a 404 says what is deployed
+        body = await read_call_body(call, self.cfg.max_body_bytes)
         if pool is None:
             if model is None and not path.startswith(("/v1/", "/v2")):
                 raise NotFoundError(f"no route {path}")
@@ -201,19 +217,6 @@ class Gateway:
         if pool.shadow is not None:
             self._mirror(pool, call.method, call.target, fwd, body)
         return resp.status, resp.headers, resp.body
-
-    async def _admit(self, call: Call) -> None:
-        """Authentication, scope and rate limit; raises 401/403/429. A key is needed only
-        when ``gateway.require_auth`` is on (``/admin/*`` is ``gateway.admin``'s)."""
-        who: str
-        headers = call.headers
-        if self.keys is not None and self.cfg.require_auth:
-            who = await self.keys.authorize(presented_key(headers),
-                                            scope_for(call.path) or "predict")
-        else:
-            who = call.client or "anonymous"
-        if self.limiter is not None:
-            self.limiter.check(who)
 
     # -- forwarding ------------------------------------------------------------------------
     async def _forward_with_retry(
@@ -299,9 +302,32 @@ class Gateway:
         finally:
             self._shadow_inflight -= 1
 
-    def install(self, spec: RoutesSpec) -> None:
-        """Swap in a new routing table atomically; replicas that left get their idle
+    def install(self, spec: RoutesSpec, part: str = "") -> None:
+        """Install ``spec`` as the table of deployment ``part`` (the whole table when
+        ``part`` is empty, as in static mode) beside the other deployments served here."""
+        self.parts = {part: spec} if not part else {
+            **{k: v for k, v in self.parts.items() if k}, part: spec}
+        self.part_etags = {k: v.etag() for k, v in self.parts.items()}
+        self._rebuild()
+
+    def remove(self, part: str) -> bool:
+        """Stop serving deployment ``part``; False when it was not served here."""
+        if part not in self.parts:
+            return False
+        self.parts = {k: v for k, v in self.parts.items() if k != part}
+        self.part_etags = {k: v.etag() for k, v in self.parts.items()}
+        self._rebuild()
+        return True
+
+    def _rebuild(self) -> None:
+        """Swap in the merged table atomically; replicas that left get their idle
         connections closed (requests in flight on them finish)."""
+        spec = merge(self.parts) if self.parts else RoutesSpec()
+        for name, pool in spec.deployments.items():
+            if pool.limits is not None and pool.limits.require_auth is False \
+                    and self.cfg.require_auth:
+                log.warning("SECURITY: %s is served WITHOUT an API key on this gateway (its "
+                            "deployment turned auth off)", name)
         old = self.table
         self.table = RouteTable(spec, self.cfg.policy, old.upstreams, self.tls)
         self.hold.installed()  # requests held for a replica look again

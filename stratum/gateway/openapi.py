@@ -22,6 +22,7 @@ from stratum import __version__
 from stratum.errors import (
     AuthError,
     ConfigError,
+    InvalidNameError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitedError,
@@ -66,6 +67,8 @@ class RoutesView(BaseModel):
     replicas: dict[str, ReplicaState] = Field(description="by replica URL")
     waiting: dict[str, int] = Field(default_factory=dict, description="requests held per "
                                     "deployment scaled to zero, until a replica is ready")
+    parts: dict[str, str] = Field(default_factory=dict, description="deployment → the etag "
+                                  "of its table (empty name: a whole table, static mode)")
 
 
 class RetryCounts(BaseModel):
@@ -94,6 +97,14 @@ ADMIN: tuple[Operation, ...] = (
     Operation("PUT", "/admin/routes", "Install a routing table (the supervisor's job)",
               "admin", {200: Reply("installed", {JSON_MEDIA: RoutesView})},
               (*_ADMIN, *BODY_ERRORS, ConfigError), Body({JSON_MEDIA: RoutesSpec})),
+    Operation("PUT", "/admin/routes/{name}", "Install one deployment's routing table beside "
+              "the others served on this port (the supervisor's job)", "admin",
+              {200: Reply("installed", {JSON_MEDIA: RoutesView})},
+              (*_ADMIN, *BODY_ERRORS, ConfigError, InvalidNameError),
+              Body({JSON_MEDIA: RoutesSpec})),
+    Operation("DELETE", "/admin/routes/{name}", "Stop serving one deployment", "admin",
+              {200: Reply("removed", {JSON_MEDIA: RoutesView})},
+              (*_ADMIN, InvalidNameError, NotFoundError)),
     Operation("GET", "/admin/info", "This gateway's state", "admin",
               {200: Reply("its state", {JSON_MEDIA: GatewayInfo})}, _ADMIN),
 )

@@ -2,7 +2,8 @@
 optional shadow group that receives a fire-and-forget copy of the traffic.
 
 The table is replaced whole and atomically (one attribute assignment) when the supervisor
-PUTs ``/admin/routes``; replicas are kept by URL across tables, so a route update keeps
+PUTs a deployment's part of it (``/admin/routes/NAME``: several deployments can share a
+gateway, ``merge``); replicas are kept by URL across tables, so a route update keeps
 their warm connections and health state. The table also carries each replica's deployment
 secret (sent to it on every request); what the gateway shows of the table never does.
 """
@@ -28,6 +29,12 @@ WILDCARD = "*"  # a pool that serves any model name (static `--replica` mode)
 Secret = Annotated[str, StringConstraints(pattern=REPLICA_SECRET_PATTERN)]
 
 
+def _known_policy(v: str | None) -> str | None:
+    if v is not None and v not in POLICIES:
+        raise ValueError(f"unknown policy {v!r}; use one of {', '.join(POLICIES)}")
+    return v
+
+
 class GroupSpec(BaseModel):
     version: int | None = None
     weight: float = Field(100.0, ge=0)
@@ -40,9 +47,27 @@ class ShadowSpec(BaseModel):
     replicas: list[str] = Field(min_length=1)
 
 
+class PoolLimits(BaseModel):
+    """What a deployment asks of the gateways beyond theirs: a key (``require_auth``; None
+    keeps the gateway's setting) and a request rate per key for this deployment alone."""
+
+    require_auth: bool | None = None
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    rate_limit_burst: int | None = Field(None, ge=1)
+
+
 class PoolSpec(BaseModel):
     groups: list[GroupSpec] = Field(min_length=1, max_length=2)
     shadow: ShadowSpec | None = None
+    # Per deployment, since several share a gateway: None takes the table's (or the
+    # gateway's) policy.
+    policy: str | None = None
+    limits: PoolLimits | None = None
+
+    @field_validator("policy")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        return _known_policy(v)
 
 
 class RoutesSpec(BaseModel):
@@ -56,9 +81,7 @@ class RoutesSpec(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known(cls, v: str | None) -> str | None:
-        if v is not None and v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; use one of {', '.join(POLICIES)}")
-        return v
+        return _known_policy(v)
 
     def etag(self) -> str:
         """A digest of the whole table, secrets included, so that a rotated secret is
@@ -93,6 +116,7 @@ class Pool:
     shadow: Group | None
     shadow_percent: float
     _cum: list[float]
+    limits: PoolLimits | None = None
 
     def choose_group(self, rnd: float) -> Group:
         """A group by weight; ``rnd`` in [0, 1). A group with no healthy replica gives its
@@ -129,20 +153,21 @@ class RouteTable:
         self.pools: dict[str, Pool] = {}
         self.upstreams: dict[str, Upstream] = {}
         for name, ps in spec.deployments.items():
-            groups = [self._group(g.version, g.weight, g.replicas, known, spec.secrets)
+            policy = ps.policy or self.policy
+            groups = [self._group(g.version, g.weight, g.replicas, known, spec.secrets, policy)
                       for g in ps.groups]
             cum, total = [], 0.0
             for g in groups:
                 total += g.weight
                 cum.append(total)
             shadow = (self._group(ps.shadow.version, 0, ps.shadow.replicas, known,
-                                  spec.secrets) if ps.shadow else None)
+                                  spec.secrets, policy) if ps.shadow else None)
             self.pools[name] = Pool(name, groups, shadow,
-                                    ps.shadow.percent if ps.shadow else 0.0, cum)
+                                    ps.shadow.percent if ps.shadow else 0.0, cum, ps.limits)
         self.wildcard = self.pools.get(WILDCARD)
 
     def _group(self, version: int | None, weight: float, urls: Iterable[str],
-               known: dict[str, Upstream], secrets: Mapping[str, str]) -> Group:
+               known: dict[str, Upstream], secrets: Mapping[str, str], policy: str) -> Group:
         ups = []
         for url in urls:
             up = Upstream(url, self.tls)  # normalises the URL
@@ -151,7 +176,7 @@ class RouteTable:
             up.set_secret(secrets.get(url))
             self.upstreams[up.url] = up
             ups.append(up)
-        return Group(version, weight, ups, make_balancer(self.policy))
+        return Group(version, weight, ups, make_balancer(policy))
 
     def pool(self, model: str) -> Pool | None:
         return self.pools.get(model) or self.wildcard
@@ -168,6 +193,25 @@ class RouteTable:
                 for u in self.upstreams.values()
             },
         }
+
+
+def merge(parts: Mapping[str, RoutesSpec]) -> RoutesSpec:
+    """One table from the tables of the deployments sharing a gateway (by deployment name).
+
+    Each part's policy moves onto its pools, so one deployment's choice does not become
+    another's. A model name two deployments claim goes to the first by name (the control
+    plane refuses such a deploy; this keeps a table from a stale store deterministic)."""
+    if len(parts) == 1:
+        return next(iter(parts.values()))
+    pools: dict[str, PoolSpec] = {}
+    secrets: dict[str, str] = {}
+    for _, part in sorted(parts.items()):
+        for model, pool in part.deployments.items():
+            if model not in pools:
+                pools[model] = (pool if pool.policy or not part.policy
+                                else pool.model_copy(update={"policy": part.policy}))
+        secrets.update(part.secrets)
+    return RoutesSpec(deployments=pools, secrets=secrets)
 
 
 def static_routes(replicas: Sequence[str], secret: str | None = None) -> RoutesSpec:

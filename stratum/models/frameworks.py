@@ -74,6 +74,12 @@ def _sklearn_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
     return SklearnPredictor(loaded)
 
 
+def _ensemble_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
+    from stratum.models.ensemble import EnsemblePredictor
+
+    return EnsemblePredictor(loaded, o, load_predictor)  # each member by its own row
+
+
 def _torch_trainable(loaded: LoadedModel) -> Trainable:
     from stratum.models.trainable import TorchModel
 
@@ -97,6 +103,7 @@ FRAMEWORKS: dict[str, Framework] = {
     "torch": Framework("torch", _torch_predictor, _torch_trainable),
     "onnx": Framework("onnx", _onnx_predictor, None),
     "sklearn": Framework("sklearn", _sklearn_predictor, _sklearn_trainable),
+    "ensemble": Framework("ensemble", _ensemble_predictor, None),
 }
 
 

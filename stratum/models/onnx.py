@@ -21,12 +21,16 @@ here imports torch at module level for the same reason.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -37,8 +41,10 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import nn
 
+log = logging.getLogger(__name__)
 PROBE_ROWS = 3
 PROBE_KEY = "stratum.probe"  # metadata entry: {"shape": [...], "y": [...]} of the eager net
+DISABLED_OPTIMIZERS_KEY = "stratum.ort.disabled_optimizers"  # comma-separated names
 
 
 def session(model: bytes, threads: int | None) -> Any:
@@ -51,7 +57,14 @@ def session(model: bytes, threads: int | None) -> Any:
     opts.inter_op_num_threads = 1
     # Idle intra-op threads would spin for work and take the core the event loop needs.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    # A graph may name ONNX Runtime optimizers that make it slower (metadata
+    # DISABLED_OPTIMIZERS_KEY, written by stratum.compress.quantize, which says why).
+    off = sess.get_modelmeta().custom_metadata_map.get(DISABLED_OPTIMIZERS_KEY)
+    if off:
+        sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=off.split(","))
+    return sess
 
 
 @cache
@@ -116,6 +129,35 @@ def entry_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / "onnx" / f"{key}.onnx"
 
 
+@contextmanager
+def export_lock(cache_dir: Path | None, key: str, timeout: float = 120.0) -> Iterator[None]:
+    """Held while one process exports ``key``: the replicas of a first deploy start
+    together, and N exports at once on a small machine take N times as long each (one
+    export is ~4 s of CPU for the mnist cnn); the others wait, then read the entry.
+    Past ``timeout`` (an export that hangs) a waiter goes on and exports itself."""
+    if cache_dir is None:
+        yield
+        return
+    path = cache_dir / "onnx.locks" / f"{key}.lock"  # beside the entries, not among them
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning("waited %.0f s for another export of %s; exporting too",
+                                timeout, key)
+                    break
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def read_entry(cache_dir: Path | None, key: str) -> bytes | None:
     if cache_dir is None:
         return None
@@ -151,5 +193,6 @@ def probe(input_shape: list[int]) -> np.ndarray:
     return np.random.default_rng(0).normal(size=(PROBE_ROWS, *input_shape)).astype(np.float32)
 
 
-__all__ = ["PROBE_KEY", "cache_key", "embedded_probe", "export_onnx", "matches", "probe",
-           "read_entry", "session", "with_probe", "write_entry"]
+__all__ = ["DISABLED_OPTIMIZERS_KEY", "PROBE_KEY", "cache_key", "embedded_probe",
+           "export_onnx", "matches", "probe", "read_entry", "session", "with_probe",
+           "write_entry"]

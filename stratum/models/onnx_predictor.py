@@ -18,7 +18,7 @@ class OnnxPredictor:
 
     def __init__(self, loaded: LoadedModel, *, threads: int | None = None) -> None:
         try:
-            self._sess = session(loaded.weights_blob, threads)
+            self._sess = session(loaded.onnx_graph(), threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise IntegrityError(f"model {loaded.name} v{loaded.version}: bad ONNX file: {exc}") \
                 from exc

@@ -82,24 +82,38 @@ def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,
     x = tx.probe(spec.input_shape)
     with torch.inference_mode():
         want = net(torch.from_numpy(x)).numpy()
+    sess = _cached(cache_dir, key, x, want, threads)
+    if sess is not None:
+        return sess
+    with tx.export_lock(cache_dir, key):  # one export at a time; the others read it after
+        sess = _cached(cache_dir, key, x, want, threads)
+        if sess is not None:
+            return sess
+        data = tx.with_probe(tx.export_onnx(net, spec.input_shape), want)
+        sess = tx.session(data, threads)
+        if not tx.matches(sess.run(None, {"x": x})[0], want):
+            raise IntegrityError("the exported ONNX graph does not match the network")
+        tx.write_entry(cache_dir, key, data)
+        return sess
+
+
+def _cached(cache_dir: Path | None, key: str, x: np.ndarray, want: np.ndarray,
+            threads: int | None) -> Any:
+    """A session on the cache entry of ``key`` when it matches ``want``; None when there
+    is none, or it is stale or damaged (then it is exported afresh, overwriting it)."""
     data = tx.read_entry(cache_dir, key)
-    if data is not None:
-        try:
-            sess = tx.session(data, threads)
-            if tx.matches(sess.run(None, {"x": x})[0], want):
-                carried = tx.embedded_probe(sess)  # None: cached before entries carried it
-                if carried is None or not tx.matches(carried, want):
-                    tx.write_entry(cache_dir, key, tx.with_probe(data, want))
-                return sess
-        except Exception:  # a damaged entry: ONNX Runtime cannot even load it
-            pass
-        # A stale or damaged cache entry: export afresh, overwriting it.
-    data = tx.with_probe(tx.export_onnx(net, spec.input_shape), want)
-    sess = tx.session(data, threads)
-    if not tx.matches(sess.run(None, {"x": x})[0], want):
-        raise IntegrityError("the exported ONNX graph does not match the network")
-    tx.write_entry(cache_dir, key, data)
-    return sess
+    if data is None:
+        return None
+    try:
+        sess = tx.session(data, threads)
+        if tx.matches(sess.run(None, {"x": x})[0], want):
+            carried = tx.embedded_probe(sess)  # None: cached before entries carried it
+            if carried is None or not tx.matches(carried, want):
+                tx.write_entry(cache_dir, key, tx.with_probe(data, want))
+            return sess
+    except Exception:  # a damaged entry: ONNX Runtime cannot even load it
+        pass
+    return None
 
 
 def uses_conv2d(net: nn.Module, input_shape: list[int]) -> bool:

@@ -1,6 +1,6 @@
-"""Monitoring: Prometheus metrics, JSON logs with request ids, drift, alerts."""
+"""Monitoring: the metric catalogue, JSON logs with request ids, traces, drift, alert rules."""
 
-from stratum.monitor.alerts import Alert, AlertManager, ThresholdRule, default_rules
+from stratum.monitor.alerts import Alert, AlertManager
 from stratum.monitor.drift import (
     DriftMonitor,
     DriftReport,
@@ -10,22 +10,21 @@ from stratum.monitor.drift import (
     psi,
 )
 from stratum.monitor.logging import request_context, setup_logging
-from stratum.monitor.metrics import Metrics, metrics_endpoint, new_registry
+from stratum.monitor.metrics import DriftGauges, metrics_endpoint, new_registry, render
 
 __all__ = [
     "Alert",
     "AlertManager",
+    "DriftGauges",
     "DriftMonitor",
     "DriftReport",
-    "Metrics",
     "ReferenceProfile",
-    "ThresholdRule",
-    "default_rules",
     "drift_report",
     "ks_2samp",
     "metrics_endpoint",
     "new_registry",
     "psi",
+    "render",
     "request_context",
     "setup_logging",
 ]

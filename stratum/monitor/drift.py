@@ -22,7 +22,7 @@ import numpy as np
 
 from stratum.errors import DataError
 from stratum.monitor.alerts import Alert
-from stratum.monitor.metrics import Metrics
+from stratum.monitor.metrics import DriftGauges
 
 EPS = 1e-4
 _MAX_CATEGORIES = 20
@@ -275,7 +275,7 @@ class DriftMonitor:
         self, profile: ReferenceProfile, *, model: str = "model", window: int = 500,
         psi_threshold: float = 0.2, ks_alpha: float = 0.01, feature_fraction: float = 0.1,
         baseline_accuracy: float | None = None, accuracy_drop: float = 0.1,
-        metrics: Metrics | None = None,
+        metrics: DriftGauges | None = None,
     ) -> None:
         self.profile, self.model, self.window = profile, model, window
         self.psi_threshold, self.ks_alpha = psi_threshold, ks_alpha
@@ -315,10 +315,10 @@ class DriftMonitor:
         self.reports.append(report)
         if self.metrics is not None:
             for f in report.top(20):
-                self.metrics.drift_psi.labels(self.model, f.name).set(f.psi)
+                self.metrics.psi.labels(self.model, f.name).set(f.psi)
                 if f.ks_statistic is not None:
-                    self.metrics.drift_ks.labels(self.model, f.name).set(f.ks_statistic)
-            self.metrics.drift_drifted.labels(self.model).set(report.drifted_fraction)
+                    self.metrics.ks.labels(self.model, f.name).set(f.ks_statistic)
+            self.metrics.drifted.labels(self.model).set(report.drifted_fraction)
         if report.drifted_fraction < self.feature_fraction:
             return []
         return [Alert(
@@ -337,7 +337,7 @@ class DriftMonitor:
             acc = sum(win) / len(win)
             self.accuracies.append(acc)
             if self.metrics is not None:
-                self.metrics.online_accuracy.labels(self.model, "feedback").set(acc)
+                self.metrics.accuracy.labels(self.model).set(acc)
             base = self.baseline_accuracy
             if base is not None and acc < base - self.accuracy_drop:
                 alerts.append(Alert(

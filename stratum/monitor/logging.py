@@ -1,8 +1,11 @@
 """Structured JSON logs, one object per line, carrying the current request id.
 
-Call ``setup_logging(level)`` once at process start. Bind a request id for the code that
+Every process Stratum starts calls ``setup_logging(level, component=..., deployment=...)``
+once at its start; the keyword fields (deployment, replica, model...) go on every line, and
+``bind(version=3)`` changes them later (a hot swap). Bind a request id for the code that
 handles one request with ``request_context(request_id)`` (a contextvar, so it follows
-asyncio tasks); every log line inside carries it::
+asyncio tasks), or pass ``extra={"request_id": rid}`` to one call; every log line inside
+carries it::
 
     with request_context(rid):
         log.info("predicted", extra={"model": "mnist", "rows": 3})
@@ -24,6 +27,8 @@ from typing import IO, Any
 import orjson
 
 request_id_var: ContextVar[str | None] = ContextVar("stratum_request_id", default=None)
+# What this process is (component, deployment, replica, version...): on every line.
+_fields: dict[str, Any] = {}
 
 # Attributes every LogRecord has; anything else came from ``extra=`` and is logged.
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
@@ -64,6 +69,7 @@ class JsonFormatter(logging.Formatter):
         }
         if self.component:
             out["component"] = self.component
+        out.update(_fields)
         rid = request_id_var.get()
         if rid is not None:
             out["request_id"] = rid
@@ -75,9 +81,21 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def bind(**fields: Any) -> None:
+    """Set fields every later line of this process carries (None removes one)."""
+    for key, value in fields.items():
+        if value is None:
+            _fields.pop(key, None)
+        else:
+            _fields[key] = value
+
+
 def setup_logging(level: str | int = "INFO", *, component: str | None = None,
-                  stream: IO[str] | None = None) -> None:
-    """Route the root logger to one JSON handler on ``stream`` (stderr by default)."""
+                  stream: IO[str] | None = None, **fields: Any) -> None:
+    """Route the root logger to one JSON handler on ``stream`` (stderr by default);
+    ``fields`` (deployment, replica, model...) go on every line."""
+    _fields.clear()
+    bind(**fields)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(component))
     root = logging.getLogger()

@@ -36,8 +36,8 @@ from stratum.data.signature import Signature
 from stratum.errors import ConfigError, NotFoundError, StratumError
 from stratum.monitor.alerts import Alert, AlertManager
 from stratum.monitor.drift import DriftMonitor
-from stratum.monitor.metrics import Metrics
 from stratum.online.gate import Decision, decide
+from stratum.online.metrics import LearnerMetrics
 from stratum.online.models import FineTune, OnlineModel, correct, load_online_model, score
 from stratum.online.record import Challenger, keep
 from stratum.online.reference import load_reference
@@ -109,8 +109,8 @@ class Learner:
         self.log = RequestLog.from_settings(settings, store.meta)
         self.processed = ProcessedIds(store.meta.engine, f"learner:{model}")
         self.consumer = f"learner-{model}"
-        self.metrics = Metrics.create("learner")
-        self.alerts = AlertManager(store.meta, metrics=self.metrics, cooldown_s=60.0)
+        self.metrics = LearnerMetrics(model)  # served by `stratum learn` (online.exporter)
+        self.alerts = AlertManager(store.meta, counter=self.metrics.alerts, cooldown_s=60.0)
         self.on_update = on_update
         self.stats = Stats()
         self.window = FeedbackWindow(self.cfg.recent_window)
@@ -139,7 +139,7 @@ class Learner:
             ref = load_reference(self.store, self.name, loaded.spec.lineage, self.cfg)
             self.holdout, self.replay = ref.holdout, ref.replay
             self.drift = DriftMonitor.from_settings(ref.profile, self.cfg, model=self.name,
-                                                    metrics=self.metrics)
+                                                    metrics=self.metrics.drift)
         return Champion(mv.version, model, Signature.from_spec(loaded.spec, pipeline),
                         loaded.preprocessing, score(model, *self.holdout),
                         mv.dataset_version_id)
@@ -322,7 +322,12 @@ class Learner:
             except StratumError:
                 continue
         if xs:
+            seen = len(self.drift.reports)
             self._fire(self.drift.observe(np.concatenate(xs)))
+            # Each finished window, drifted or not, is kept: the dashboard draws PSI and KS
+            # per feature over time from these (alerts alone would show only the peaks).
+            for report in self.drift.reports[seen:]:
+                self.store.meta.add_event("online.drift", self.name, report.to_dict(top=20))
 
     def _fire(self, alerts: list[Alert]) -> None:
         if alerts:

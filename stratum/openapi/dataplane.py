@@ -248,9 +248,10 @@ LIVE = Operation("GET", "/v2/health/live", "Liveness: the process answers", "hea
 READY = Operation("GET", "/v2/health/ready", "Readiness: it can serve now", "health",
                   {200: Reply("ready", {JSON_MEDIA: Ready}),
                    503: Reply("not ready", {JSON_MEDIA: Ready})}, secured=False)
-METRICS = Operation("GET", "/metrics", "Prometheus metrics", "monitoring",
+METRICS = Operation("GET", "/metrics", "Prometheus metrics (open, as on every Stratum "
+                    "process: counters need no secret)", "monitoring",
                     {200: Reply("the text exposition format",
-                                {TEXT_MEDIA: {"type": "string"}})})
+                                {TEXT_MEDIA: {"type": "string"}})}, secured=False)
 OPENAPI = Operation("GET", "/openapi.json", "This document", "meta",
                     {200: Reply("the OpenAPI 3.1 document; it holds no secrets",
                                 {JSON_MEDIA: {"type": "object"}})}, secured=False)

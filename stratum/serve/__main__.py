@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from stratum.config import Settings, load_settings
 from stratum.errors import ConfigError, StratumError
 from stratum.httplimits import uvicorn_options
+from stratum.monitor.logging import setup_logging
 from stratum.security.access import warn_if_auth_off
 from stratum.security.names import validate_name
 from stratum.security.tls import uvicorn_ssl
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=None, help="default: settings.serve.port")
     ap.add_argument("--host", default=None, help="default: settings.serve.host")
     ap.add_argument("--name", default=None, help="deployment name (an alias in URL paths)")
+    ap.add_argument("--replica-id", default=None,
+                    help="this replica's id in its deployment (the supervisor's), for logs "
+                         "and traces")
     ap.add_argument("--secret-file", type=Path, default=None,
                     help=f"file holding the deployment secret (else ${REPLICA_SECRET_ENV})")
     ap.add_argument("--insecure", action="store_true",
@@ -48,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s replica %(name)s: %(message)s")
+    model = args.model.partition("@")[0]
+    setup_logging(settings.log_level, component="replica", deployment=args.name or model,
+                  model=model, replica=args.replica_id)
     port = settings.serve.port if args.port is None else args.port
     try:
         secret = _secret(args.secret_file, args.insecure, port)
@@ -58,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.name:
             validate_name(args.name, "deployment name")
         tls = uvicorn_ssl(settings.serve.tls, where="serve")
-        replica = _build(settings, name, ref, args.name, secret)
+        replica = _build(settings, name, ref, args.name, secret, args.replica_id)
     except StratumError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         loop="uvloop", lifespan="on", access_log=False,
         # No proxy-header middleware: the gateway passes what matters as x-request-id.
         proxy_headers=False, server_header=False, log_level="warning",
+        log_config=None,  # uvicorn's loggers reach the root logger's JSON handler
         timeout_graceful_shutdown=int(settings.serve.drain_timeout_s),
         **uvicorn_options(settings.serve.http),  # httptools, with serve.http's limits
         **tls,  # serve.tls: HTTPS, mutual when it names a client CA
@@ -107,11 +113,11 @@ def _secret(secret_file: Path | None, insecure: bool, port: int) -> str | None:
 
 
 def _build(settings: Settings, name: str, ref: str | None, deployment: str | None,
-           secret: str | None) -> Replica:
+           secret: str | None, replica_id: str | None) -> Replica:
     from stratum.serve.app import Replica
 
     store = Store.open(settings)
-    replica = Replica(settings, store, name, deployment, secret=secret)
+    replica = Replica(settings, store, name, deployment, secret=secret, replica_id=replica_id)
     replica.load(ref)
     return replica
 

@@ -33,6 +33,7 @@ async def info(replica: Replica, req: Request) -> Response:
         "inflight": replica.inflight, "ready": replica.ready, "draining": replica.draining,
         "queue_depth": slot.batcher.queue_depth if slot else 0,
         "runtime": runtime_info(slot.runtime) if slot else None,
+        "made_by": slot.spec.lineage.made_by() if slot else None,
     }))
 
 

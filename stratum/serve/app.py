@@ -10,8 +10,10 @@ and ``admin`` (info, swap, drain); served inputs and feedback go through ``intak
 Other work can add routes with ``replica.add_route(method, template, handler)``.
 
 With a ``secret`` (the deployment secret the supervisor hands it), every route but the
-two health probes answers 401 unless the request carries it in ``x-stratum-replica-secret``:
-a replica trusts only its gateway and its control plane, not whoever finds its port.
+two health probes, ``/metrics`` and ``/openapi.json`` answers 401 unless the request
+carries it in ``x-stratum-replica-secret``: a replica trusts only its gateway and its
+control plane, not whoever finds its port (reading its counters needs no trust, and
+Prometheus cannot know a secret that every generation rotates).
 """
 
 from __future__ import annotations
@@ -29,33 +31,38 @@ import orjson
 from stratum.asgi import JSON, Handler, Request, Response, Router, read_body
 from stratum.config import Settings
 from stratum.errors import AuthError, NotFoundError, StratumError
+from stratum.monitor.tracing import tracer_for
 from stratum.security.tokens import REPLICA_SECRET_HEADER
 from stratum.serve import admin, openapi, routes
 from stratum.serve.intake import Intake
 from stratum.serve.metrics import ReplicaMetrics
 from stratum.serve.swap import ModelSlot, Swapper
+from stratum.serve.traces import CaptureTraces, end_request, start_request
 from stratum.store import Store
 from stratum.store.audit import AuditLog, Auditor
 
 log = logging.getLogger(__name__)
 
 _ID_MAX = 128
-# The probes and the API document (static, no secrets in it) need no secret.
-_OPEN = frozenset(("/v2/health/live", "/v2/health/ready", "/openapi.json"))
+# The probes, the counters and the API document (static, no secrets in it) need no secret.
+_OPEN = frozenset(("/v2/health/live", "/v2/health/ready", "/openapi.json", "/metrics"))
 
 
 class Replica:
     """ASGI app serving ``model_name``; ``deployment`` is accepted as an alias in paths."""
 
     def __init__(self, settings: Settings, store: Store, model_name: str,
-                 deployment: str | None = None, *, secret: str | None = None) -> None:
+                 deployment: str | None = None, *, secret: str | None = None,
+                 replica_id: str | None = None) -> None:
         self.settings = settings
         self._secret = secret.encode("latin-1") if secret else None
         self.store = store
         self.model_name = model_name
         self.names = {model_name, deployment or model_name}
         self.deployment = deployment or model_name
+        self.replica_id = replica_id
         self.metrics = ReplicaMetrics(model_name)
+        self.tracer = tracer_for(settings.monitor, "replica")  # None: tracing off
         self.executor = ThreadPoolExecutor(1, "forward", initializer=_init_forward_thread,
                                            initargs=(settings.serve.runtime_threads,))
         self.swapper = Swapper(store, settings, self.executor, self.metrics, model_name)
@@ -63,7 +70,8 @@ class Replica:
         self.inflight = 0
         self._limit = settings.serve.max_body_bytes
         self._pending_slot: ModelSlot | None = None
-        self.intake = Intake(settings, store.meta, model_name)
+        self.intake = Intake(settings, store.meta, model_name,
+                             CaptureTraces(self.tracer) if self.tracer else None)
         # Who can call /admin/swap and /admin/drain: the holder of the deployment secret.
         self.admin_actor = "supervisor" if secret else "anonymous (no replica secret)"
         self.audit = Auditor("replica", AuditLog(store.meta))
@@ -149,6 +157,8 @@ class Replica:
             rid = uuid.uuid4().hex
         method, path = scope["method"], scope["path"]
         label = "unmatched"
+        span = None if self.tracer is None else start_request(
+            self.tracer, headers, rid, path, self.deployment, self.replica_id)
         try:
             if self._secret is not None and path not in _OPEN and not hmac.compare_digest(
                     headers.get(REPLICA_SECRET_HEADER, "").encode("latin-1"), self._secret):
@@ -169,7 +179,8 @@ class Replica:
         except StratumError as exc:
             resp = Response(exc.http_status, orjson.dumps(exc.to_dict()))
         except Exception:  # a bug, not bad input: log it, answer 500
-            log.exception("unhandled error on %s %s (request %s)", method, path, rid)
+            log.exception("unhandled error on %s %s (request %s)", method, path, rid,
+                          extra={"request_id": rid})
             resp = Response(500, b'{"error":"InternalError","message":"see the replica log"}')
         version = resp.version
         if version is None and self.swapper.current is not None:
@@ -184,6 +195,8 @@ class Replica:
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": resp.body})
         self.metrics.observe(label, resp.status, time.perf_counter() - start)
+        if span is not None:
+            end_request(span, label, resp.status, version)
 
 
 def _init_forward_thread(threads: int | None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -36,18 +37,37 @@ Forward = Callable[[np.ndarray], np.ndarray]
 class _Item:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
+    t: float  # perf_counter() at submit
+    timing: Timing | None = None  # filled for ``submit_timed`` (a traced request)
+
+
+@dataclass(slots=True)
+class Timing:
+    """Where a request's time went in the batcher (``perf_counter`` seconds): queued at
+    ``submitted``, taken into a batch of ``rows`` rows (``requests`` requests) at ``taken``,
+    forward pass from ``forward_start`` to ``forward_end``, rows handed back at ``done``."""
+
+    submitted: float = 0.0
+    taken: float = 0.0
+    forward_start: float = 0.0
+    forward_end: float = 0.0
+    done: float = 0.0
+    rows: int = 0
+    requests: int = 0
 
 
 class Batcher:
     """``await batcher.submit(x)`` returns ``forward(x)``, computed inside a shared batch.
 
-    ``on_batch(rows)`` is called once per forward pass (metrics); ``queue_depth`` is the
+    ``on_batch(rows, waited_s, forward_s)`` is called once per forward pass (metrics: its
+    rows, how long its oldest request waited, the pass's time); ``queue_depth`` is the
     number of rows waiting.
     """
 
     def __init__(
         self, forward: Forward, *, max_batch_size: int, max_wait_ms: float,
-        executor: Executor | None = None, on_batch: Callable[[int], None] | None = None,
+        executor: Executor | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
     ) -> None:
         self.forward = forward
         self.max_batch_size = max_batch_size
@@ -71,11 +91,25 @@ class Batcher:
         if self._closing or self._task is None:
             raise RuntimeError("batcher is not running")
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Item(x, fut))
+        self._pending.append(_Item(x, fut, time.perf_counter()))
         self.queue_depth += len(x)
         if not self._only_when_full or self.queue_depth >= self.max_batch_size:
             self._wake()
         return await fut
+
+    async def submit_timed(self, x: np.ndarray) -> tuple[np.ndarray, Timing]:
+        """``submit``, also saying where the time went (for a traced request's spans)."""
+        if self._closing or self._task is None:
+            raise RuntimeError("batcher is not running")
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        timing = Timing()
+        item = _Item(x, fut, time.perf_counter(), timing)
+        timing.submitted = item.t
+        self._pending.append(item)
+        self.queue_depth += len(x)
+        if not self._only_when_full or self.queue_depth >= self.max_batch_size:
+            self._wake()
+        return await fut, timing
 
     async def close(self) -> None:
         """Finish everything already submitted, then stop."""
@@ -135,9 +169,10 @@ class Batcher:
     async def _compute(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         self._company = len(batch) > 1
         xs = [it.x for it in batch]
+        taken = time.perf_counter()
         try:
-            y, finite = await loop.run_in_executor(self.executor, _stack_and_forward,
-                                                   self.forward, xs)
+            y, finite, t0, t1 = await loop.run_in_executor(self.executor, _stack_and_forward,
+                                                           self.forward, xs)
         except Exception as exc:  # every waiter must hear about the failure
             log.exception("forward pass failed for a batch of %d requests", len(batch))
             for it in batch:
@@ -145,7 +180,7 @@ class Batcher:
                     it.future.set_exception(exc)
             return
         if self.on_batch is not None:
-            self.on_batch(len(y))
+            self.on_batch(len(y), taken - batch[0].t, t1 - t0)
         start = 0
         for it in batch:
             n = len(it.x)
@@ -159,14 +194,26 @@ class Batcher:
                         hint="send inputs within the range the model was trained on"))
                 else:
                     it.future.set_result(rows)
+            if it.timing is not None:
+                _record(it.timing, taken, t0, t1, len(y), len(batch))
             start += n
 
 
-def _stack_and_forward(forward: Forward, xs: list[np.ndarray]) -> tuple[np.ndarray, bool]:
-    """The batch's output and whether all of it is finite: one check per batch on the
-    worker thread, so the per-request detail is worked out only when it fails."""
+def _record(timing: Timing, taken: float, t0: float, t1: float, rows: int,
+            requests: int) -> None:
+    timing.taken, timing.forward_start, timing.forward_end = taken, t0, t1
+    timing.done, timing.rows, timing.requests = time.perf_counter(), rows, requests
+
+
+def _stack_and_forward(forward: Forward, xs: list[np.ndarray]
+                       ) -> tuple[np.ndarray, bool, float, float]:
+    """The batch's output, whether all of it is finite (one check per batch on the worker
+    thread, so the per-request detail is worked out only when it fails), and when the
+    forward pass started and ended."""
     x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+    t0 = time.perf_counter()
     y = forward(x)
+    t1 = time.perf_counter()
     if len(y) != len(x):
         raise RuntimeError(f"forward returned {len(y)} rows for {len(x)} inputs")
-    return y, y.dtype.kind not in "fc" or bool(np.isfinite(y).all())
+    return y, y.dtype.kind not in "fc" or bool(np.isfinite(y).all()), t0, t1

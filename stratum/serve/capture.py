@@ -13,8 +13,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy.exc import OperationalError
-
+from stratum.errors import StoreUnavailableError
 from stratum.store.models import utcnow
 from stratum.store.requests import LoggedRequest, RequestLog
 
@@ -53,8 +52,9 @@ class InputCapture:
                 return 0
             try:
                 n = self.log.log_many(batch, feature_names=self.feature_names)
-            except OperationalError:
-                # A passing lock: put them back in front and try again next flush.
+            except StoreUnavailableError:
+                # A passing lock or a restarting database: put them back in front and try
+                # again next flush.
                 self._buf.extendleft(reversed(batch))
                 raise
             except Exception:

@@ -18,6 +18,7 @@ from stratum.config import Settings
 from stratum.queue import Queue, feedback_stream, open_queue
 from stratum.serve.capture import InputCapture
 from stratum.serve.feedback import FeedbackIntake, FeedbackItem, FeedbackResult
+from stratum.serve.traces import CaptureTraces
 from stratum.store.metadata import MetadataStore
 from stratum.store.requests import RequestLog
 
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 class Intake:
     """Input capture (when ``online.log_sample_rate`` > 0) and feedback for ``model``."""
 
-    def __init__(self, settings: Settings, meta: MetadataStore, model: str) -> None:
+    def __init__(self, settings: Settings, meta: MetadataStore, model: str,
+                 traces: CaptureTraces | None = None) -> None:
         self.model = model
+        self.traces = traces  # with tracing on: each write is a span
         self.request_log = RequestLog.from_settings(settings, meta)
         self.capture = (InputCapture(self.request_log, model)
                         if settings.online.log_sample_rate > 0 else None)
@@ -43,6 +46,17 @@ class Intake:
             self.capture.feature_names = feature_names
             self._flusher = asyncio.create_task(self._flush_loop())
 
+    def traced(self, request_id: str) -> None:
+        """The request just captured was traced: link the write that stores it."""
+        if self.traces is not None:
+            self.traces.add(request_id)
+
+    def _flush(self) -> int:
+        assert self.capture is not None
+        if self.traces is None:
+            return self.capture.flush()
+        return self.traces.write(self.capture.flush)
+
     def stop(self) -> None:
         """Stop the periodic flush; ``close`` writes what is left."""
         if self._flusher is not None:
@@ -50,7 +64,7 @@ class Intake:
 
     async def close(self) -> None:
         if self.capture is not None:
-            await asyncio.to_thread(self.capture.flush)  # nothing served goes unlogged
+            await asyncio.to_thread(self._flush)  # nothing served goes unlogged
         if self._queue is not None:
             self._queue.close()
 
@@ -60,7 +74,7 @@ class Intake:
             await asyncio.sleep(self._flush_s)
             if self.capture.buffered:
                 try:
-                    await asyncio.to_thread(self.capture.flush)
+                    await asyncio.to_thread(self._flush)
                 except Exception:  # a locked store: keep the rows, try again next tick
                     log.exception("could not write %d captured requests",
                                   self.capture.buffered)
@@ -76,7 +90,7 @@ class Intake:
         logged = await asyncio.to_thread(intake.lookup, items)
         if len(logged) < len(items) and self.capture is not None:
             # Just served (here or by another replica) and not written yet: wait one flush.
-            await asyncio.to_thread(self.capture.flush)
+            await asyncio.to_thread(self._flush)
             await asyncio.sleep(3 * self._flush_s)
             logged = await asyncio.to_thread(intake.lookup, items)
         return await asyncio.to_thread(intake.submit, items, logged)

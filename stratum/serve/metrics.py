@@ -1,34 +1,32 @@
-"""Prometheus metrics of one replica, in a registry of its own (one per app, so tests
-that build several apps in one process do not collide)."""
+"""Prometheus metrics of one replica (names in ``monitor.catalog``), in a registry of its
+own (one per app, so tests that build several apps in one process do not collide)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+from stratum.monitor import catalog as c
+from stratum.monitor.metrics import new_registry
 
 
 class ReplicaMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, model: str) -> None:
-        self.registry = r = CollectorRegistry()
-        self._requests = Counter("stratum_replica_requests", "HTTP requests by route and status",
-                                 ["route", "status"], registry=r)
-        self._latency = Histogram("stratum_replica_request_seconds",
-                                  "Time from request to response, by route and status",
-                                  ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("stratum_replica_batch_size", "Rows per forward pass",
-                                    buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("stratum_replica_queue_depth",
-                                 "Rows waiting for the next forward pass", registry=r)
-        self.inflight = Gauge("stratum_replica_inflight", "Requests being served", registry=r)
-        self._version = Gauge("stratum_replica_model_version", "Model version being served",
-                              ["model"], registry=r).labels(model)
-        self.swaps = Counter("stratum_replica_swaps", "Hot swaps by outcome", ["outcome"],
-                             registry=r)
+        self.registry = r = new_registry()
+        self._requests = c.REPLICA_REQUESTS.counter(r)
+        self._latency = c.REPLICA_DURATION.histogram(r)
+        self.batch_size = c.REPLICA_BATCH.histogram(r)
+        self.batch_wait = c.REPLICA_BATCH_WAIT.histogram(r)
+        self.forward = c.REPLICA_FORWARD.histogram(r)
+        self.queue_depth = c.REPLICA_QUEUE.gauge(r)
+        self.inflight = c.REPLICA_INFLIGHT.gauge(r)
+        self._version = c.REPLICA_VERSION.gauge(r).labels(model)
+        self.swaps = c.REPLICA_SWAPS.counter(r)
+        self.feedback = c.REPLICA_FEEDBACK.counter(r)
+        for outcome in ("accepted", "duplicate"):  # zero, not absent, before the first one
+            self.feedback.labels(outcome)
         # labels() costs a lock and a dict lookup; the hot path reuses the children.
         self._children: dict[tuple[str, int], tuple[Counter, Histogram]] = {}
 
@@ -41,6 +39,12 @@ class ReplicaMetrics:
                                           self._latency.labels(route, s))
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def on_batch(self, rows: int, waited_s: float, forward_s: float) -> None:
+        """One forward pass: its rows, how long its oldest request waited, its time."""
+        self.batch_size.observe(rows)
+        self.batch_wait.observe(waited_s)
+        self.forward.observe(forward_s)
 
     def set_version(self, version: int) -> None:
         self._version.set(version)

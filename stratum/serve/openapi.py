@@ -44,6 +44,16 @@ class RuntimeInfo(BaseModel):
     fallback_reason: str | None = Field(None, description="why not ONNX Runtime, if not")
 
 
+class MadeBy(BaseModel):
+    model_config = _CLOSED
+    pass_: str = Field(alias="pass", description="export-onnx, int8-dynamic, int8-static, "
+                       "prune, prune-structured or distill")
+    params: dict[str, Any]
+    parent_version: int | None
+    root_version: int | None = Field(description="the version `stratum compress` was given")
+    report: str | None = Field(description="the report's file beside the weights")
+
+
 class ReplicaInfo(BaseModel):
     model_config = _CLOSED
     name: str = Field(description="the deployment")
@@ -55,6 +65,9 @@ class ReplicaInfo(BaseModel):
     draining: bool
     queue_depth: int
     runtime: RuntimeInfo | None
+    made_by: MadeBy | None = Field(
+        description="the compression pass that made the version served (its lineage); "
+                    "null for a version that training made")
 
 
 class SwapRequest(BaseModel):
@@ -89,8 +102,8 @@ ADMIN: tuple[Operation, ...] = (
 )
 
 DESCRIPTION = f"""One Stratum replica: one model, one version at a time (hot-swappable).
-Every route but the two health probes and this document needs the deployment's secret in
-`{REPLICA_SECRET_HEADER}` (401 without it) unless the replica was started with
+Every route but the two health probes, `/metrics` and this document needs the deployment's
+secret in `{REPLICA_SECRET_HEADER}` (401 without it) unless the replica was started with
 `--insecure`; clients reach replicas through their gateway, which adds it. Errors are
 `{{"error", "message", "hint"?}}`. Limits answer before any route: 414 (URL), 431
 (headers), 408 (slow request) and 413 (body), then the connection closes."""

@@ -34,6 +34,7 @@ from stratum.serve.oip import (
     metadata_response,
     output_tensors,
 )
+from stratum.serve.traces import traced_submit
 
 if TYPE_CHECKING:
     from stratum.serve.app import Replica
@@ -53,11 +54,14 @@ async def predict(replica: Replica, req: Request) -> Response:
     slot = _acquire(replica)
     try:
         x = slot.signature.from_instances(doc["instances"])
-        y = await slot.batcher.submit(x)
+        y = await (slot.batcher.submit(x) if replica.tracer is None
+                   else traced_submit(replica.tracer, slot.batcher, x))
     finally:
         _release(replica, slot)
     if replica.capture is not None and "x-stratum-shadow" not in req.headers:
         replica.capture.add(req.request_id, slot.version, doc["instances"], served(slot, y))
+        if replica.tracer is not None:
+            replica.intake.traced(req.request_id)
     out: dict[str, Any] = {"predictions": plain_predictions(slot, y),
                            "model_version": slot.version}
     if slot.classifier:
@@ -75,12 +79,15 @@ async def infer(replica: Replica, req: Request) -> Response:
     try:
         _check_version(req, slot)
         x = batch_from_tensors(slot, request.inputs)
-        y = await slot.batcher.submit(x)
+        y = await (slot.batcher.submit(x) if replica.tracer is None
+                   else traced_submit(replica.tracer, slot.batcher, x))
     finally:
         _release(replica, slot)
     if replica.capture is not None and "x-stratum-shadow" not in req.headers:
         replica.capture.add(req.request_id, slot.version, instances_of(request.inputs),
                             served(slot, y))
+        if replica.tracer is not None:
+            replica.intake.traced(req.request_id)
     body, header_len = encode_response(
         req.params["name"], slot.version, request.id, output_tensors(slot, y, request.outputs),
         request.binary_outputs)
@@ -163,6 +170,8 @@ async def feedback(replica: Replica, req: Request) -> Response:
         raise NotReadyError("no model version is loaded yet", hint="retry")
     result = await replica.intake.feedback(items, slot.spec.classes if slot.classifier
                                            else None)
+    replica.metrics.feedback.labels("accepted").inc(result.accepted)
+    replica.metrics.feedback.labels("duplicate").inc(result.duplicates)
     return Response(200, orjson.dumps(result.to_dict()))
 
 

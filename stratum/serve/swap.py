@@ -22,6 +22,7 @@ import numpy as np
 from stratum.config import Settings
 from stratum.data.signature import Preprocessor, Signature
 from stratum.errors import ConflictError, ServingError, StratumError
+from stratum.monitor.logging import bind as bind_log_fields
 from stratum.serve.batcher import Batcher
 from stratum.serve.metrics import ReplicaMetrics
 from stratum.serve.runtime import Runtime, load_runtime
@@ -80,7 +81,7 @@ def build_slot(loaded: LoadedModel, settings: Settings, executor: Executor,
     _warm(runtime, loaded, settings.serve.max_batch_size)
     batcher = Batcher(runtime.predict, max_batch_size=settings.serve.max_batch_size,
                       max_wait_ms=settings.serve.max_wait_ms, executor=executor,
-                      on_batch=metrics.batch_size.observe)
+                      on_batch=metrics.on_batch)
     return ModelSlot(loaded.name, loaded.version, spec, signature, runtime, batcher)
 
 
@@ -133,6 +134,7 @@ class Swapper:
         slot.batcher.start()
         old, self.current = self.current, slot
         self.metrics.set_version(slot.version)
+        bind_log_fields(version=slot.version)
         return old
 
     async def swap(self, ref: str) -> dict[str, Any]:

@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import sessionmaker
 
+from stratum.store.db import session_factory
 from stratum.store.metadata import MetadataStore
 from stratum.store.models import AuditRecord
 
@@ -61,7 +61,7 @@ class AuditLog:
 
     def __init__(self, store: MetadataStore | Engine) -> None:
         engine = store.engine if isinstance(store, MetadataStore) else store
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = session_factory(engine, "the audit log")
 
     def write(self, entry: AuditEntry) -> None:
         row = AuditRecord(actor=entry.actor[:200], source=entry.source[:200],

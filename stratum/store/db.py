@@ -15,23 +15,64 @@ from __future__ import annotations
 
 import ast
 import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
-from stratum.errors import ConfigError
+from stratum.errors import ConfigError, StoreUnavailableError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK_KEY = 0x57A7_0001
+
+
+@contextmanager
+def answering(what: str) -> Iterator[None]:
+    """Turn a database that does not answer (PostgreSQL restarting, a cut connection, a
+    SQLite lock held past the busy timeout) into ``StoreUnavailableError``: a 503 the
+    client retries, and what long-running loops catch and wait out, instead of a driver
+    traceback that kills them."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if not _unavailable(exc):
+            raise
+        raise StoreUnavailableError(
+            f"{what}: the metadata database does not answer "
+            f"({type(exc.orig).__name__ if exc.orig else type(exc).__name__})",
+            hint="retry in a few seconds") from exc
+
+
+def session_factory(engine: Engine, what: str) -> Callable[[], AbstractContextManager[Session]]:
+    """``sessionmaker`` whose sessions are ``answering(what)``: every store module opens
+    its sessions through one, so no caller anywhere sees a driver's connection error."""
+    make = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def open_session() -> Iterator[Session]:
+        with answering(what), make() as s:
+            yield s
+    return open_session
+
+
+def _unavailable(exc: OperationalError | InterfaceError) -> bool:
+    """Whether the database is away, not our statement wrong: SQLite raises
+    OperationalError for "no such table" too, which is a bug to show, not to retry."""
+    if isinstance(exc, InterfaceError) or exc.connection_invalidated:
+        return True
+    if type(exc.orig).__module__.startswith("sqlite3"):
+        text = str(exc.orig).lower()
+        return any(s in text for s in ("locked", "unable to open", "disk i/o", "busy"))
+    return True  # the driver's OperationalError: connection refused, cut, shutting down
 
 
 def make_engine(url: str) -> Engine:

@@ -16,12 +16,12 @@ from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from stratum.errors import ConflictError, NotFoundError
 from stratum.security.names import validate_name
 from stratum.store import models as m
-from stratum.store.db import make_engine, migrate
+from stratum.store.db import make_engine, migrate, session_factory
 from stratum.store.models import utcnow
 
 
@@ -30,7 +30,7 @@ class MetadataStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = session_factory(engine, "the metadata store")
 
     @classmethod
     def open(cls, url: str) -> MetadataStore:
@@ -43,7 +43,8 @@ class MetadataStore:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed on success, rolled back on any error."""
+        """One transaction: committed on success, rolled back on any error; a database
+        that does not answer raises ``StoreUnavailableError`` (503)."""
         with self._sessions() as s, s.begin():
             yield s
 

@@ -198,6 +198,8 @@ class DeploymentRuntime(Base):
     gateway_token: Mapped[str] = mapped_column(String(128), default="")
     etag: Mapped[str | None] = mapped_column(String(64), nullable=True)
     routes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The public port: every gateway there serves the tables of all the deployments on it.
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -16,8 +16,9 @@ from datetime import timedelta
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
+from stratum.store.db import session_factory
 from stratum.store.models import ProcessedMessage, utcnow
 
 
@@ -27,7 +28,7 @@ class ProcessedIds:
     def __init__(self, engine: Engine, consumer: str) -> None:
         self.engine = engine
         self.consumer = consumer
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sessions = session_factory(engine, "the apply-once claims")
         self._insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
 
     def claim(self, keys: Sequence[str], session: Session | None = None) -> list[str]:

@@ -34,11 +34,21 @@ class Lineage(BaseModel):
     # set on a version made by ``stratum compress``: pass, params, checks, report, root
     compression: dict[str, Any] | None = None
 
+    def made_by(self) -> dict[str, Any] | None:
+        """Which compression pass made the version (pass, params, parent and root
+        versions, report file); None for a version that training made."""
+        made = self.compression
+        if not made:
+            return None
+        return {"pass": made.get("pass"), "params": made.get("params") or {},
+                "parent_version": self.parent_version, "root_version": made.get("root"),
+                "report": made.get("report")}
+
 
 class ModelSpec(BaseModel):
     """Everything needed to rebuild, validate and serve a model version."""
 
-    framework: Literal["torch", "sklearn", "onnx"] = "torch"
+    framework: Literal["torch", "sklearn", "onnx", "ensemble"] = "torch"
     architecture: str  # zoo name ("cnn", "mlp", ...) or "module:function"
     params: dict[str, Any] = Field(default_factory=dict)
     task: Literal["classification", "regression"] = "classification"
@@ -127,6 +137,13 @@ class LoadedModel(BaseModel):
         if sparse.is_sparse(self.weights_blob):
             return sparse.densify(self.weights_blob)
         return st_load_torch(self.weights_blob)
+
+    def onnx_graph(self) -> bytes:
+        """The ONNX graph of an ``onnx`` version; a packed one (``sparse.pack_graph``) is
+        inflated here."""
+        from stratum.store import sparse
+
+        return sparse.unpack_graph(self.weights_blob)
 
 
 def load_model(meta: MetadataStore, artifacts: ArtifactStore, name: str,

@@ -22,12 +22,11 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Engine, delete, select
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import sessionmaker
 
 from stratum.config import Settings
-from stratum.errors import ConfigError, DataError, StoreUnavailableError
+from stratum.errors import ConfigError, DataError
 from stratum.security.masking import mask
+from stratum.store.db import session_factory
 from stratum.store.metadata import MetadataStore
 from stratum.store.models import RequestRecord, utcnow
 
@@ -78,7 +77,7 @@ class RequestLog:
         self.retention = timedelta(seconds=retention_s)
         self.pii_columns = frozenset(pii_columns)
         self.mask_key = mask_key
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = session_factory(self.engine, "the request log")
         self._sqlite = self.engine.dialect.name == "sqlite"
         self._insert_many = _INSERT_SQLITE if self._sqlite else _INSERT_PG
 
@@ -151,24 +150,17 @@ class RequestLog:
         out: dict[str, LoggedRequest] = {}
         now = utcnow()
         ids = list(dict.fromkeys(request_ids))
-        try:
-            with self._sessions() as s:
-                for i in range(0, len(ids), _CHUNK):
-                    q = select(RequestRecord).where(
-                        RequestRecord.request_id.in_(ids[i:i + _CHUNK]),
-                        RequestRecord.expires_at > now,
-                    )
-                    for r in s.scalars(q):
-                        out[r.request_id] = LoggedRequest(
-                            r.request_id, r.model, r.version, r.inputs, r.prediction,
-                            _aware(r.ts))
-        except (OperationalError, InterfaceError) as exc:
-            # The feedback route looks ids up here: a restarting database is a 503 the
-            # client retries, not a 500 with a driver traceback.
-            raise StoreUnavailableError(
-                f"the request log cannot be read: the metadata database does not answer "
-                f"({type(exc.orig).__name__ if exc.orig else type(exc).__name__})",
-                hint="retry in a few seconds") from exc
+        # The feedback route looks ids up here: a restarting database is a 503.
+        with self._sessions() as s:
+            for i in range(0, len(ids), _CHUNK):
+                q = select(RequestRecord).where(
+                    RequestRecord.request_id.in_(ids[i:i + _CHUNK]),
+                    RequestRecord.expires_at > now,
+                )
+                for r in s.scalars(q):
+                    out[r.request_id] = LoggedRequest(
+                        r.request_id, r.model, r.version, r.inputs, r.prediction,
+                        _aware(r.ts))
         return out
 
     def since(self, model: str, after: datetime | None, limit: int = 1000

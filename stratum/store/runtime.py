@@ -68,13 +68,24 @@ class RuntimeStore:
             row.generation, row.secret, row.gateway_token = generation, secret, gateway_token
             row.updated_at = utcnow()
 
-    def save_routes(self, name: str, etag: str, routes: dict[str, Any]) -> None:
+    def save_routes(self, name: str, etag: str, routes: dict[str, Any],
+                    port: int | None = None) -> None:
         with self.meta.session() as s:
             row = s.get(DeploymentRuntime, name)
             if row is None:
                 row = DeploymentRuntime(name=name, generation=0, secret="", gateway_token="")
                 s.add(row)
             row.etag, row.routes, row.updated_at = etag, routes, utcnow()
+            if port is not None:
+                row.port = port
+
+    def etags_on_port(self, port: int) -> dict[str, str]:
+        """``{deployment: etag}`` of every table served on ``port``: what a gateway there
+        polls (one indexed read)."""
+        with self.meta.session() as s:
+            rows = s.execute(select(DeploymentRuntime.name, DeploymentRuntime.etag).where(
+                DeploymentRuntime.port == port, DeploymentRuntime.etag.is_not(None)))
+            return {name: etag for name, etag in rows if etag is not None}
 
     def drop(self, name: str) -> None:
         with self.meta.session() as s:

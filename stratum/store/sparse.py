@@ -17,6 +17,15 @@ down towards its entropy (an 80%-sparse mask deflates to ~0.75 bit an element). 
 values are float noise to a compressor (deflate saves <10% on them), so they are left
 raw. At 80% sparsity a float32 layer takes ~7.4 of 32 bits: ~23% of the dense file.
 
+**ONNX graphs** (the int8 or exported child of a pruned network) cannot hold a bitmask:
+ONNX's own sparse initializers are COO with int64 indices, larger than the dense int8
+tensor at any useful density. So a graph is stored deflated as a whole behind a short
+header (``pack_graph``: ``GRAPH_MAGIC``, its size, zlib level 9) when that saves at least
+``MIN_GRAPH_SAVING``: the zeros of a pruned network's int8 weights deflate away (the
+80%-pruned mnist cnn's int8 graph: 430 KB -> 135 KB; a dense int8 graph 15-20%), while
+a dense float graph saves ~8% and stays as it is. Deflate, not xz: xz saved 15% more on
+the pruned graph, but decompresses 15-25x slower (~1.5 s for 16 MB), paid at every start.
+
 Loading (``densify``) rebuilds dense tensors — the forward pass runs dense, in ONNX Runtime
 or PyTorch, where 80% sparsity is not fast enough to pay for sparse kernels. Nothing is
 unpickled, and decompression is bounded by the shape the header declares.
@@ -39,6 +48,9 @@ FORMAT_KEY = "stratum.format"
 FORMAT = "sparse-bitmask-deflate-v1"
 SPARSE_KEY = "stratum.sparse"
 MIN_ZEROS = 0.3  # below this a bitmask + values is not smaller than the dense tensor
+GRAPH_MAGIC = b"stratum-onnx-deflate-v1\n"  # never the start of an ONNX protobuf
+MIN_GRAPH_SAVING = 0.1
+MAX_GRAPH_BYTES = 2**31  # protobuf's limit: bounds what a damaged header can ask for
 _MASK, _VALUES = "::mask", "::values"
 
 
@@ -116,4 +128,36 @@ def densify(blob: bytes) -> dict[str, Any]:
     return dense
 
 
-__all__ = ["FORMAT", "densify", "header_metadata", "is_sparse", "sparsify"]
+def pack_graph(graph: bytes) -> bytes:
+    """An ONNX graph deflated behind ``GRAPH_MAGIC`` when that saves at least
+    ``MIN_GRAPH_SAVING``; else the graph as it is."""
+    packed = GRAPH_MAGIC + struct.pack("<Q", len(graph)) + zlib.compress(graph, 9)
+    return packed if len(packed) <= (1 - MIN_GRAPH_SAVING) * len(graph) else graph
+
+
+def is_packed_graph(blob: bytes) -> bool:
+    return blob.startswith(GRAPH_MAGIC)
+
+
+def unpack_graph(blob: bytes) -> bytes:
+    """The ONNX graph of a stored blob, packed (``pack_graph``) or not."""
+    if not is_packed_graph(blob):
+        return blob
+    head = len(GRAPH_MAGIC)
+    if len(blob) < head + 8:
+        raise IntegrityError("damaged packed ONNX graph: no size")
+    (size,) = struct.unpack_from("<Q", blob, head)
+    if size > MAX_GRAPH_BYTES:
+        raise IntegrityError(f"damaged packed ONNX graph: declares {size} bytes")
+    d = zlib.decompressobj()
+    try:
+        graph = d.decompress(blob[head + 8:], size)
+    except zlib.error as exc:
+        raise IntegrityError(f"damaged packed ONNX graph: {exc}") from exc
+    if len(graph) != size or not d.eof:
+        raise IntegrityError("damaged packed ONNX graph: its size does not match")
+    return graph
+
+
+__all__ = ["FORMAT", "GRAPH_MAGIC", "densify", "header_metadata", "is_packed_graph",
+           "is_sparse", "pack_graph", "sparsify", "unpack_graph"]

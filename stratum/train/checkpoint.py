@@ -6,6 +6,10 @@ state's digest, is published last. A checkpoint without a manifest, or whose byt
 match the manifest, is skipped and the next older one is tried, so a save cut short by a
 SIGKILL is never loaded. Only plain containers of tensors and numbers are stored, and they
 are read back with ``torch.load(weights_only=True)``: no pickled code runs on load.
+
+A sharded checkpoint (fsdp, a parameter server's partitions, fedavg's clients) adds the
+files each rank published itself (``publish_files``) before the main rank's manifest, which
+names them with their digests; ``Checkpoint.read`` checks a file against it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,22 +41,47 @@ class Checkpoint:
     step: int
     path: str
     state: dict[str, Any]
+    files: dict[str, str] = field(default_factory=dict)  # sharded parts: name -> sha256
+    artifacts: ArtifactStore | None = None
+
+    def read(self, name: str) -> bytes:
+        """A sharded part's bytes, checked against the manifest."""
+        if name not in self.files or self.artifacts is None:
+            raise NotFoundError(f"checkpoint {self.path} has no file {name!r}")
+        blob = self.artifacts.get_bytes(f"{self.path}/{name}")
+        if self.artifacts.checksum(f"{self.path}/{name}") != self.files[name]:
+            raise IntegrityError(f"checkpoint file {self.path}/{name} does not match its "
+                                 "manifest")
+        return blob
+
+
+def publish_files(artifacts: ArtifactStore, run_id: str, step: int,
+                  files: dict[str, bytes]) -> dict[str, str]:
+    """Publish one rank's parts of the checkpoint of ``step``; returns name -> sha256."""
+    base = f"{checkpoint_prefix(run_id)}/{step:010d}"
+    return {name: artifacts.put_bytes(f"{base}/{name}", blob) for name, blob in files.items()}
 
 
 def save_checkpoint(artifacts: ArtifactStore, run_id: str, step: int,
-                    state: dict[str, Any], *, keep: int = 2) -> float:
-    """Publish ``state`` for ``step``; returns the seconds it took. Keeps the newest ``keep``."""
+                    state: dict[str, Any], *, keep: int = 2,
+                    files: dict[str, str] | None = None) -> float:
+    """Publish ``state`` for ``step`` (``files``: sharded parts already published, with
+    their digests); returns the seconds it took. Keeps the newest ``keep``."""
     t0 = time.perf_counter()
     buf = io.BytesIO()
     torch.save(state, buf)
     base = f"{checkpoint_prefix(run_id)}/{step:010d}"
     digest = artifacts.put_bytes(f"{base}/{STATE}", buf.getvalue())
     manifest = {"step": step, "state": STATE, "sha256": digest, "bytes": buf.tell(),
-                "created": time.time(), "position": state.get("position", {})}
+                "created": time.time(), "position": state.get("position", {}),
+                "files": files or {}}
     artifacts.put_bytes(f"{base}/{MANIFEST}", json.dumps(manifest).encode())
     for old in list_checkpoints(artifacts, run_id)[keep:]:
-        for name in (MANIFEST, STATE):  # manifest first: never a manifest without state
-            artifacts.delete(f"{checkpoint_prefix(run_id)}/{old:010d}/{name}")
+        old_base = f"{checkpoint_prefix(run_id)}/{old:010d}"
+        # manifest first: never a manifest without its state and parts
+        rest = sorted(p for p in artifacts.list(old_base) if not p.endswith("/" + MANIFEST))
+        for path in [f"{old_base}/{MANIFEST}", *rest]:
+            artifacts.delete(path)
     return time.perf_counter() - t0
 
 
@@ -76,11 +105,15 @@ def load_latest(artifacts: ArtifactStore, run_id: str) -> Checkpoint | None:
             if artifacts.checksum(f"{base}/{manifest['state']}") != manifest["sha256"]:
                 raise IntegrityError(f"checkpoint {base} does not match its manifest")
             state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            files = dict(manifest.get("files") or {})
+            for name, sha in files.items():  # every part there, as the manifest says
+                if artifacts.checksum(f"{base}/{name}") != sha:
+                    raise IntegrityError(f"checkpoint file {base}/{name} does not match")
         except (IntegrityError, NotFoundError, KeyError, ValueError, RuntimeError,
                 EOFError) as exc:
             log.warning("skipping checkpoint %s: %s", base, exc)
             continue
-        return Checkpoint(step=step, path=base, state=state)
+        return Checkpoint(step=step, path=base, state=state, files=files, artifacts=artifacts)
     return None
 
 
@@ -120,19 +153,20 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, step: int, state: dict[str, Any]) -> None:
+    def submit(self, step: int, state: dict[str, Any],
+               files: dict[str, str] | None = None) -> None:
         t0 = time.perf_counter()
         self.wait()
         snap = snapshot(state)
-        self._thread = threading.Thread(target=self._write, args=(step, snap), daemon=True,
-                                        name=f"checkpoint-{step}")
+        self._thread = threading.Thread(target=self._write, args=(step, snap, files),
+                                        daemon=True, name=f"checkpoint-{step}")
         self._thread.start()
         self.blocking_s.append(time.perf_counter() - t0)
 
-    def _write(self, step: int, state: dict[str, Any]) -> None:
+    def _write(self, step: int, state: dict[str, Any], files: dict[str, str] | None) -> None:
         try:
-            self.write_s.append(
-                save_checkpoint(self.artifacts, self.run_id, step, state, keep=self.keep))
+            self.write_s.append(save_checkpoint(self.artifacts, self.run_id, step, state,
+                                                keep=self.keep, files=files))
         except BaseException as exc:  # surfaced on the training thread by wait()
             self._error = exc
 

@@ -53,6 +53,43 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.0, ge=0)
 
 
+class ParameterServerConfig(_Section):
+    """``strategy: parameter_server``: S server processes beside the W workers."""
+
+    servers: int = Field(1, ge=1, le=16)
+    mode: Literal["sync", "async"] = "sync"
+    staleness: int = Field(2, ge=0)  # async: steps a worker may run ahead of the slowest
+
+
+class FedAvgConfig(_Section):
+    """``strategy: fedavg``: each worker is a client; ``epochs`` counts rounds."""
+
+    local_epochs: int = Field(1, ge=1)  # passes over its own rows a client makes per round
+    fraction: float = Field(1.0, gt=0, le=1)  # share of clients that train in a round
+    partition: Literal["iid", "label_skew"] = "iid"
+    shards_per_client: int = Field(2, ge=1)  # label_skew: label-sorted chunks per client
+
+
+class MemberConfig(_Section):
+    """One ensemble member; what it leaves out it takes from the run's config."""
+
+    model: ModelConfig | None = None
+    seed: int | None = None  # default: the run's seed + the member's index
+    optimizer: OptimizerConfig | None = None
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class EnsembleConfig(_Section):
+    members: list[MemberConfig] = Field(min_length=2, max_length=32)
+    combine: Literal["hard", "soft", "stacking"] = "soft"
+    meta: ModelConfig = Field(  # stacking: fitted on the members' validation predictions
+        default_factory=lambda: ModelConfig(name="sklearn_logistic"))
+
+
+AUGMENTATIONS = ("rotate", "crop", "brightness", "contrast", "noise")
+
+
 class TrainConfig(_Section):
     """Everything one training run needs; see docs/training.md for each field."""
 
@@ -74,6 +111,31 @@ class TrainConfig(_Section):
     threads: int | None = Field(None, ge=1)  # torch threads per worker
     log_every_s: float = Field(2.0, ge=0)  # throttle for per-step metric rows
     init_from: str | None = None  # NAME@REF of a registered version to fine-tune
+    augment: dict[str, float] | None = None  # {rotate: 15, crop: 2}; training batches only
+    parameter_server: ParameterServerConfig = Field(
+        default_factory=lambda: ParameterServerConfig())
+    fedavg: FedAvgConfig = Field(default_factory=lambda: FedAvgConfig())
+    ensemble: EnsembleConfig | None = None
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: Any) -> Any:
+        # YAML's `augment: [rotate: 15, crop: 2]` is a list of one-key mappings
+        if isinstance(v, list):
+            merged: dict[str, Any] = {}
+            for item in v:
+                if not isinstance(item, dict):
+                    raise ValueError(f"give each augmentation as name: strength, got {item!r}")
+                merged.update(item)
+            v = merged
+        if isinstance(v, dict):
+            bad = sorted(set(v) - set(AUGMENTATIONS))
+            if bad:
+                raise ValueError(f"unknown augmentation {bad}; choose from "
+                                 f"{', '.join(AUGMENTATIONS)}")
+            if any(not isinstance(x, int | float) or x < 0 for x in v.values()):
+                raise ValueError("augmentation strengths are numbers >= 0")
+        return v
 
     @field_validator("dataset")
     @classmethod

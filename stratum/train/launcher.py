@@ -8,8 +8,8 @@ checkpoint interval of work is lost. A worker that exits with a StratumError (ba
 NaN loss) is not restarted: the error is raised here, unchanged. After
 ``settings.train.max_restarts`` restarts the launcher gives up.
 
-A Ray launcher would implement the same ``Launcher`` protocol (start the same worker entry
-point as Ray actors with the same environment variables).
+``fit.launcher_for`` picks the implementation from ``cluster.backend``: this one, or
+``RayLauncher`` (``ray_launcher.py``), which runs the same worker body in Ray Train.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from stratum.train.loop import Job, Progress
 @dataclass
 class Restart:
     attempt: int  # the attempt that failed
-    rank: int
-    pid: int
-    returncode: int
+    rank: int | None  # None where the launcher cannot tell (Ray restarts the whole group)
+    pid: int | None
+    returncode: int | None
     died_at: float  # time.time() when the launcher saw the death
     last_step: int  # last step rank 0 reported before the death
     resumed_from: int | None = None  # checkpoint step the next attempt started from
@@ -53,6 +53,8 @@ class LaunchReport:
 
 
 class Launcher(Protocol):
+    name: str  # the backend, recorded in the model's lineage
+
     def run(self, job: Job) -> LaunchReport: ...
 
 
@@ -78,6 +80,8 @@ def free_port() -> int:
 
 class LocalLauncher:
     """Worker processes on this machine; see the module docstring."""
+
+    name = "local"
 
     def __init__(self, settings: Settings, run_dir: Path, workers: int,
                  on_progress: Callable[[Progress], None] | None = None,
@@ -208,8 +212,8 @@ class LocalLauncher:
             self.on_progress(Progress(attempt=job.attempt + 1, phase="restarting",
                                       step=died.last_step))
 
-    def _log_tail(self, rank: int, lines: int = 15) -> str:
+    def _log_tail(self, rank: int | None, lines: int = 15) -> str:
         path = self.run_dir / f"worker-{rank}.log"
-        if not path.exists():
+        if rank is None or not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -23,6 +23,7 @@ import torch
 from pydantic import BaseModel
 from safetensors.torch import load as st_load
 
+from stratum.data.augment import Augment
 from stratum.errors import TrainingError
 from stratum.models import num_outputs
 from stratum.store.artifacts import ArtifactStore
@@ -35,7 +36,7 @@ from stratum.train.components import (
     build_schedule,
 )
 from stratum.train.config import TrainConfig
-from stratum.train.metrics import MetricStream, make_meter, metric_names
+from stratum.train.metrics import MetricStream, make_meter, memory_figures, metric_names
 from stratum.train.strategies import Strategy
 
 
@@ -88,6 +89,7 @@ class TrainResult:
     checkpoint_seconds: list[float] = field(default_factory=list)  # loop blocked per save
     checkpoint_write_seconds: list[float] = field(default_factory=list)  # background write
     samples_per_s: float = 0.0
+    memory: list[dict[str, int]] = field(default_factory=list)  # per rank, see memory_figures
 
     def summary(self) -> dict[str, Any]:
         """The run's figures, without the weights: what a run record and result.json hold."""
@@ -95,7 +97,7 @@ class TrainResult:
                 "resumed_from": self.resumed_from, "stopped_early": self.stopped_early,
                 "checkpoint_seconds": self.checkpoint_seconds,
                 "checkpoint_write_seconds": self.checkpoint_write_seconds,
-                "samples_per_s": self.samples_per_s}
+                "samples_per_s": self.samples_per_s, "memory": self.memory}
 
 
 Report = Callable[[Progress], None]
@@ -130,6 +132,7 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
     autocast = _autocast(cfg, dev)
     check_every = 1 if dev.type == "cpu" else 50  # a NaN check syncs the GPU; not each step
     stream = MetricStream(metrics_sink if main else None, job.run_id, cfg.log_every_s)
+    augment = Augment.from_config(cfg.augment, cfg.seed) if cfg.augment else None
 
     # -- resume: the newest complete checkpoint, if this run has one
     epoch, start_step, global_step, stop = 0, 0, 0, {"best": None, "bad": 0, "stopped": False}
@@ -137,8 +140,11 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
     found = ckpt.load_latest(artifacts, job.run_id) if artifacts is not None else None
     if found is not None:
         s = found.state
-        _unwrap(model).load_state_dict(s["model"])
-        optimizer.load_state_dict(s["optimizer"])
+        if found.files:  # sharded: each rank reads its own part
+            strategy.restore(model, optimizer, found)
+        else:
+            _unwrap(model).load_state_dict(s["model"])
+            optimizer.load_state_dict(s["optimizer"])
         schedule.load_state_dict(s["scheduler"])
         ckpt.set_rng_state(s["rng"][min(strategy.rank, len(s["rng"]) - 1)])
         epoch, start_step = int(s["position"]["epoch"]), int(s["position"]["step"])
@@ -155,14 +161,22 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
 
     def save(position_epoch: int, position_step: int) -> None:
         rngs = strategy.gather(ckpt.rng_state())  # a collective: every rank calls it
+        files = strategy.checkpoint_files(model, optimizer) if artifacts is not None else None
+        state = {"scheduler": schedule.state_dict(), "rng": rngs, "early_stopping": dict(stop),
+                 "position": {"epoch": position_epoch, "step": position_step,
+                              "global_step": global_step},
+                 "history": list(result.history)}
+        if files is None:  # whole: the main rank writes weights and optimizer state
+            if writer is not None:
+                writer.submit(global_step, {**state, "model": strategy.state_dict(model),
+                                            "optimizer": optimizer.state_dict()})
+            return
+        assert artifacts is not None
+        # sharded: every rank publishes its part; the main rank's manifest names them all
+        mine = ckpt.publish_files(artifacts, job.run_id, global_step, files)
+        named = {k: v for part in strategy.gather(mine) for k, v in part.items()}
         if writer is not None:
-            writer.submit(global_step, {
-                "model": strategy.state_dict(model), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "rng": rngs, "early_stopping": dict(stop),
-                "position": {"epoch": position_epoch, "step": position_step,
-                             "global_step": global_step},
-                "history": list(result.history),
-            })
+            writer.submit(global_step, state, files=named)
 
     _emit(report, main, Progress(attempt=job.attempt, epoch=epoch, epochs=cfg.epochs,
                                  step=global_step, total_steps=steps * cfg.epochs,
@@ -171,6 +185,7 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
     while epoch < cfg.epochs and not stop["stopped"]:
         # -- one epoch: a permutation fixed by (seed, epoch, rank) is the data position
         model.train()
+        strategy.start_epoch(epoch)
         order = _epoch_order(len(x), steps * local_batch, cfg.seed, epoch, strategy)
         window_loss = torch.zeros((), device=dev)
         window_steps, window_t0 = 0, time.perf_counter()
@@ -180,6 +195,9 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
             if len(idx) == 0:
                 continue
             xb, yb = x[idx], y[idx]
+            if augment is not None:  # a fixed position: a resumed run draws the same
+                augment.reseed(epoch, step_in_epoch, strategy.rank)
+                xb = augment(xb)
             with autocast:
                 out = model(xb)
             loss = loss_fn(out.float(), yb)
@@ -239,6 +257,7 @@ def train(job: Job, strategy: Strategy, data: Shards, artifacts: ArtifactStore |
         result.checkpoint_seconds = writer.blocking_s
         result.checkpoint_write_seconds = writer.write_s
     result.state_dict = {k: v.detach().cpu() for k, v in strategy.state_dict(model).items()}
+    result.memory = strategy.gather(memory_figures(model, optimizer))
     result.global_step, result.stopped_early = global_step, bool(stop["stopped"])
     measured = [h["samples_per_s"] for h in result.history]
     result.samples_per_s = float(np.median(measured)) if measured else 0.0
@@ -254,11 +273,16 @@ def evaluate(model: torch.nn.Module, x_np: np.ndarray, y_np: np.ndarray, loss_fn
     meter = make_meter(task, outputs, dev)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=dev)  # (sum of losses, count)
     model.eval()
+    # A sharded model needs every rank in every forward pass: the same number of batches
+    # everywhere, empty ones included.
+    batches = strategy.all_reduce_max(math.ceil(len(x_np) / batch))
     with torch.no_grad():
-        for i in range(0, len(x_np), batch):
+        for i in range(0, batches * batch, batch):
             xb, yb = _tensor(x_np[i:i + batch], dev), _tensor(y_np[i:i + batch], dev)
             with autocast or contextlib.nullcontext():
                 out = model(xb)
+            if len(xb) == 0:
+                continue
             out = out.float()
             loss_sum[0] += loss_fn(out, yb).double() * len(xb)
             loss_sum[1] += len(xb)

@@ -7,6 +7,8 @@ gives exactly the metrics of the whole split.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from typing import Any, Protocol
 
@@ -134,3 +136,21 @@ class MetricStream:
     def _write(self, values: dict[str, float], step: int, epoch: int) -> None:
         if self.sink is not None and self.run_id is not None:
             self.sink.log_metrics(self.run_id, values, step=step, epoch=epoch)
+
+
+def _local_bytes(t: Any) -> int:
+    """Bytes this process holds of ``t``: a sharded (DTensor) tensor counts its shard."""
+    if not isinstance(t, torch.Tensor):
+        return 0
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return int(local.numel() * local.element_size())
+
+
+def memory_figures(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """What one worker holds: parameter and optimizer-state bytes (its shards only, under
+    fsdp) and the process's peak resident memory."""
+    opt = sum(_local_bytes(v) for state in optimizer.state.values() for v in state.values())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"param_bytes": sum(_local_bytes(p) for p in model.parameters()),
+            "optimizer_bytes": opt,
+            "peak_rss_bytes": rss if sys.platform == "darwin" else rss * 1024}

@@ -1,20 +1,21 @@
 """Strategies: how one worker of the one training loop cooperates with the others.
 
 The seam is the ``Strategy`` protocol below; the loop (``loop.py``) calls only these
-methods, and a strategy is a small object, not a Trainer subclass. Where the future ones
-plug in:
+methods, and a strategy is a small object, not a Trainer subclass. ``Single`` and ``DDP``
+live here; the others each have a module and plug in through the same methods:
 
-- ``parameter_server``: ``optimizer_step`` pushes gradients to the server rank and pulls
-  fresh parameters instead of stepping locally.
-- ``fsdp``: ``prepare`` wraps the model in FullyShardedDataParallel; ``state_dict`` gathers
-  the full (unsharded) weights for checkpoints and registration.
-- ``ensemble``: ``prepare`` keeps K independent models; no gradient all-reduce.
-- ``fedavg``: no per-step all-reduce; ``end_epoch`` averages parameters across workers,
-  each of which only ever reads its own shards (the clients never pool data).
+- ``parameter_server`` (``param_server.py``): ``optimizer_step`` pushes gradients to the
+  server processes and pulls fresh parameters instead of stepping locally.
+- ``fsdp`` (``fsdp.py``): ``prepare`` shards the model with ``fully_shard``;
+  ``checkpoint_files`` writes each rank's shard with torch.distributed.checkpoint;
+  ``state_dict`` gathers the full weights for registration.
+- ``fedavg`` (``fedavg.py``): no per-step all-reduce; ``load_data`` picks the client's
+  rows, ``start_epoch`` the round's clients, ``end_epoch`` averages by sample count.
+- ``ensemble`` (``ensemble.py``): member processes, each running this loop with ``Single``.
 - Ray: a different *launcher* (``launcher.py``) starts the same worker entry point; the
   strategy only reads RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT like under torchrun.
 
-Register a new one in ``STRATEGIES``; ``TrainConfig.strategy`` is validated against it.
+``registry.py`` names them; ``TrainConfig.strategy`` is validated against it.
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from stratum.errors import ConfigError
+if TYPE_CHECKING:
+    from stratum.train.checkpoint import Checkpoint
+    from stratum.train.loop import Shards
+
+# (worker, world) -> that slice of the dataset's shards: what a strategy reads its rows with
+Loader = Callable[[int, int], "Shards"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +76,25 @@ class Strategy(Protocol):
 
     @property
     def is_main(self) -> bool: ...
+    def load_data(self, load: Loader) -> Shards:
+        """The rows this process trains and validates on."""
+        ...
     def prepare(self, model: nn.Module) -> nn.Module: ...
-    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]: ...
+    def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The full weights (a collective where they are sharded; main rank's are used)."""
+        ...
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None: ...
+    def start_epoch(self, epoch: int) -> None: ...
     def end_epoch(self, model: nn.Module) -> None: ...
+    def checkpoint_files(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                         ) -> dict[str, bytes] | None:
+        """None: the main rank saves model and optimizer state whole. Otherwise (a
+        collective) this rank's files of a sharded checkpoint, by name."""
+        ...
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                checkpoint: Checkpoint) -> None:
+        """Load what ``checkpoint_files`` wrote (``checkpoint.files``, ``.read(name)``)."""
+        ...
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor: ...
     def all_reduce_max(self, value: int) -> int: ...
     def gather(self, obj: Any) -> list[Any]: ...
@@ -93,6 +114,9 @@ class Single:
     def is_main(self) -> bool:
         return True
 
+    def load_data(self, load: Loader) -> Shards:
+        return load(self.rank, self.world)
+
     def prepare(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
@@ -102,8 +126,19 @@ class Single:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
+    def start_epoch(self, epoch: int) -> None:
+        return None
+
     def end_epoch(self, model: nn.Module) -> None:
         return None
+
+    def checkpoint_files(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                         ) -> dict[str, bytes] | None:
+        return None
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                checkpoint: Checkpoint) -> None:
+        raise NotImplementedError(f"{self.name} checkpoints hold the whole state")
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         return t
@@ -126,16 +161,9 @@ class DDP(Single):
     def __init__(self, env: WorkerEnv) -> None:
         super().__init__(env)
         self.rank, self.world = env.rank, env.world
-        backend = "nccl" if self.device.type == "cuda" else "gloo"
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            # A short timeout: when a peer dies the survivors must fail, not hang, so the
-            # launcher can restart the group.
-            dist.init_process_group(
-                backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
-                rank=env.rank, world_size=env.world, timeout=timedelta(seconds=120),
-            )
+        init_group(env, self.device)
+        # the processes that train; None: all of them (a parameter server's are fewer)
+        self.group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
@@ -151,17 +179,17 @@ class DDP(Single):
         return dict(inner.state_dict())
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
     def all_reduce_max(self, value: int) -> int:
         t = torch.tensor([value], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return int(t.item())
 
     def gather(self, obj: Any) -> list[Any]:
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=self.group)
         return out
 
     def close(self) -> None:
@@ -169,24 +197,15 @@ class DDP(Single):
             dist.destroy_process_group()
 
 
-# name -> (factory, needs several processes). New strategies register here.
-STRATEGIES: dict[str, tuple[Callable[[WorkerEnv], Strategy], bool]] = {
-    "single": (Single, False),
-    "ddp": (DDP, True),
-}
-
-
-def check_strategy(name: str) -> str:
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"unknown strategy {name!r}", hint=f"choose one of {', '.join(sorted(STRATEGIES))}"
+def init_group(env: WorkerEnv, device: torch.device) -> None:
+    """Join the process group of every process of the run (once; Ray Train makes it)."""
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # A short timeout: when a peer dies the survivors must fail, not hang, so the
+        # launcher can restart the group.
+        dist.init_process_group(
+            backend, init_method=f"tcp://{env.master_addr}:{env.master_port}",
+            rank=env.rank, world_size=env.world, timeout=timedelta(seconds=120),
         )
-    return name
-
-
-def make_strategy(name: str, env: WorkerEnv) -> Strategy:
-    return STRATEGIES[check_strategy(name)][0](env)
-
-
-def is_distributed(name: str) -> bool:
-    return STRATEGIES[check_strategy(name)][1]

@@ -2,7 +2,8 @@
 
 It reads where it sits from torchrun-style variables (RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT) and its settings from STRATUM_SETTINGS_JSON, so the local
-launcher, ``torchrun`` or a Ray worker can all start it. Rank 0 writes live progress to
+launcher or ``torchrun`` can start it; a Ray Train worker calls its body, ``run_worker``,
+with the same variables set by Ray Train. Rank 0 writes live progress to
 ``job.progress_file`` and, at the end, the final weights and a result document to the
 artifact store under ``runs/{run_id}/final/``.
 
@@ -21,12 +22,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
-from stratum.config import load_settings
+from stratum.config import Settings, load_settings
 from stratum.data import open_dataset
 from stratum.errors import StratumError
+from stratum.monitor.logging import setup_logging
 from stratum.store import Store
 from stratum.train.loop import Job, Progress, Report, Shards, TrainResult, train
-from stratum.train.strategies import WorkerEnv, make_strategy
+from stratum.train.registry import make_strategy, strategy_kind
+from stratum.train.strategies import WorkerEnv
 
 EXIT_STRATUM_ERROR = 3
 
@@ -64,6 +67,37 @@ def progress_writer(path: str | None) -> Report | None:
     return write
 
 
+def run_worker(job: Job, settings: Settings, env: WorkerEnv,
+               report: Report | None = None) -> None:
+    """Train this worker's share of ``job`` and, on the main rank, publish the result: what
+    every launcher runs in each worker (a local process, a Ray Train worker). ``report``
+    gets rank 0's progress. A StratumError (bad config, NaN loss) propagates unchanged."""
+    threads = job.config.threads or settings.train.threads_per_worker
+    if threads:
+        torch.set_num_threads(threads)
+    store = Store.open(settings)
+    report = report if env.rank == 0 else None
+    try:
+        def load(worker: int, world: int) -> Shards:
+            return load_shards(store, job.dataset, worker, world)
+
+        # a parameter server's servers and an ensemble's member processes run their own body
+        body = strategy_kind(job.config.resolved_strategy()).process
+        if body is not None and body(job, store, env, load, report):
+            return
+        strategy = make_strategy(job.config, env)
+        try:
+            shards = strategy.load_data(load)  # the strategy's rows: its rank, its world
+            result = train(job, strategy, shards, store.artifacts, metrics_sink=store.meta,
+                           report=report)
+            if strategy.is_main:
+                write_final(store, job.run_id, result)
+        finally:
+            strategy.close()
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -73,29 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     job = Job.model_validate_json(job_path.read_text())
     env = WorkerEnv.from_env()
     settings = load_settings()
-    threads = job.config.threads or settings.train.threads_per_worker
-    if threads:
-        torch.set_num_threads(threads)
-    store = Store.open(settings)
+    setup_logging(settings.log_level, component="train-worker", run=job.run_id,
+                  model=job.config.model_name, rank=env.rank, attempt=job.attempt)
     try:
-        strategy = make_strategy(job.config.resolved_strategy(), env)
-        try:
-            shards = load_shards(store, job.dataset, env.rank, env.world)
-            report = progress_writer(job.progress_file) if env.rank == 0 else None
-            result = train(job, strategy, shards, store.artifacts, metrics_sink=store.meta,
-                           report=report)
-            if strategy.is_main:
-                write_final(store, job.run_id, result)
-        finally:
-            strategy.close()
+        run_worker(job, settings, env, progress_writer(job.progress_file))
     except StratumError as exc:
         error = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint,
                  "rank": env.rank}
         (job_path.parent / f"error-{env.rank}.json").write_text(json.dumps(error))
         print(f"worker {env.rank}: {exc}", file=sys.stderr)
         return EXIT_STRATUM_ERROR
-    finally:
-        store.close()
     return 0
 
 

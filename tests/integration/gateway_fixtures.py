@@ -31,6 +31,14 @@ REPLICA_SECRET = "test-replica-secret-0123456789abcdef"
 REPLICA_AUTH = {"x-stratum-replica-secret": REPLICA_SECRET}  # straight to such a replica
 GATEWAY_TOKEN = "test-gateway-token"
 ADMIN = {"x-stratum-admin-token": GATEWAY_TOKEN}
+# The environment of a control plane under test: quick reconciles, restarts and probes.
+TUNING = {
+    "STRATUM_CONTROL__RECONCILE_INTERVAL_S": "0.3",
+    "STRATUM_CONTROL__RESTART_BACKOFF_S": "0.2",
+    "STRATUM_GATEWAY__HEALTH_INTERVAL_S": "0.5",
+    "STRATUM_GATEWAY__ROUTES_POLL_S": "0.3",
+    "STRATUM_LOG_LEVEL": "WARNING",
+}
 
 
 def admin_headers(settings: Settings) -> dict[str, str]:

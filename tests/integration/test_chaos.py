@@ -28,18 +28,11 @@ from stratum.cli.main import app
 from stratum.config import Settings, load_settings
 from stratum.control.discovery import read_record
 from stratum.store import Store
-from tests.integration.gateway_fixtures import register_tiny, stop_control_plane
+from tests.integration.gateway_fixtures import TUNING, register_tiny, stop_control_plane
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
 
-TUNING = {
-    "STRATUM_CONTROL__RECONCILE_INTERVAL_S": "0.3",
-    "STRATUM_CONTROL__RESTART_BACKOFF_S": "0.2",
-    "STRATUM_GATEWAY__HEALTH_INTERVAL_S": "0.5",
-    "STRATUM_GATEWAY__ROUTES_POLL_S": "0.3",
-    "STRATUM_LOG_LEVEL": "WARNING",
-}
 CONCURRENCY = 8
 
 

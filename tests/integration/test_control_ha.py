@@ -33,6 +33,7 @@ from stratum.control.discovery import read_record
 from stratum.store import Store
 from tests.integration.gateway_fixtures import (
     SAMPLE,
+    TUNING,
     BackgroundLoad,
     admin_headers,
     register_tiny,
@@ -42,13 +43,6 @@ from tests.services import drop_pg_database, free_port, fresh_pg_database, start
 
 pytestmark = pytest.mark.integration
 
-TUNING = {
-    "STRATUM_CONTROL__RECONCILE_INTERVAL_S": "0.3",
-    "STRATUM_CONTROL__RESTART_BACKOFF_S": "0.2",
-    "STRATUM_GATEWAY__HEALTH_INTERVAL_S": "0.5",
-    "STRATUM_GATEWAY__ROUTES_POLL_S": "0.3",
-    "STRATUM_LOG_LEVEL": "WARNING",
-}
 
 
 def _settings(home: Path, **extra: Any) -> Settings:

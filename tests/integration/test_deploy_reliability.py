@@ -101,6 +101,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     assert register_tiny(store, seed=1) == 1
     assert register_tiny(store, seed=2) == 2
     assert register_tiny(store, seed=3, broken=True) == 3
+    assert register_tiny(store, "twin", seed=4) == 1  # a second model, for a shared port
+    assert register_tiny(store, "twin", seed=5) == 2
     store.close()
     c = Cluster(home, settings, free_port())
     try:
@@ -156,8 +158,9 @@ CONTROL_ADMIN = [("GET", "/deployments", None), ("GET", "/deployments/tiny", Non
                  ("DELETE", "/deployments/tiny", None)]
 GATEWAY_ADMIN = [("GET", "/admin/routes", None), ("GET", "/admin/info", None),
                  ("PUT", "/admin/routes", {"deployments": {}})]
+# /metrics is open, as on the gateway: Prometheus cannot know a per-generation secret.
 REPLICA_ROUTES = [("GET", "/v2", None), ("GET", "/v2/models/tiny", None),
-                  ("GET", "/metrics", None), ("GET", "/admin/info", None),
+                  ("GET", "/admin/info", None),
                   ("POST", "/admin/swap", {"ref": "2"}),
                   ("POST", "/v1/models/tiny:predict", SAMPLE),
                   ("POST", "/v1/models/tiny/feedback", {"request_id": "x", "label": 1}),
@@ -203,6 +206,9 @@ def test_a_replica_answers_only_with_its_secret_and_only_on_loopback(cluster: Cl
             got = _statuses(r["url"], REPLICA_ROUTES, headers)
             assert set(got.values()) == {401}, (r["url"], got)
         assert httpx.get(f"{r['url']}/v2/health/ready").status_code == 200
+        metrics = httpx.get(f"{r['url']}/metrics")
+        assert metrics.status_code == 200 and "stratum_replica_requests_total" in metrics.text
+        assert replica_secret_of(r["pid"]) not in metrics.text
         auth = {"x-stratum-replica-secret": replica_secret_of(r["pid"])}
         assert httpx.post(f"{r['url']}/v1/models/tiny:predict", json=SAMPLE,
                           headers=auth).status_code == 200
@@ -364,8 +370,11 @@ def test_a_busy_port_is_a_clear_error(cluster: Cluster) -> None:
         busy = s.getsockname()[1]
         err = cluster.cli("deploy", "tiny@2", "--name", "other", "--port", str(busy), "--json")
     assert isinstance(err, ConflictError) and "busy" in err.message, err
+    # A port can be shared, but not a name: "tiny" already answers there.
     err = cluster.cli("deploy", "tiny@2", "--name", "other", "--port", str(cluster.port))
-    assert isinstance(err, ConflictError), err
+    assert isinstance(err, ConflictError) and "already answers to tiny" in err.message, err
+    err = cluster.cli("deploy", "twin@1", "--policy", "fastest", "--port", str(cluster.port))
+    assert "unknown policy 'fastest'" in str(err), err
     assert cluster.predict().status_code == 200
 
 
@@ -392,6 +401,61 @@ def test_auth_scopes_and_rate_limit(cluster: Cluster, tmp_path: Path) -> None:
         assert httpx.get(f"{url}/v2/health/ready").status_code == 200  # probes stay open
         assert httpx.get(f"{url}/admin/routes", headers=auth).status_code == 403
         cluster.cli("keys", "revoke", alice["key_id"])
+
+
+def test_two_deployments_share_one_gateway_port(cluster: Cluster) -> None:
+    """Issue 13, bar 4: ``twin`` joins ``tiny`` on its port; each answers by its own name
+    with its own traffic split, then its own key requirement and rate limit; undeployed,
+    it leaves ``tiny`` serving."""
+    port = str(cluster.port)
+    out = cluster.cli("deploy", "twin@2", "--canary", "twin@1:50", "--port", port, "--json")
+    assert not isinstance(out, Exception), out
+    assert out["status"] == "ready" and out["url"] == cluster.url, out
+
+    async def both() -> tuple[Any, Any]:
+        return await asyncio.gather(load_loop(cluster.url, "tiny", 3.0, concurrency=4),
+                                    load_loop(cluster.url, "twin", 3.0, concurrency=4))
+    tiny, twin = asyncio.run(both())
+    assert tiny.failed == [] and twin.failed == [], (tiny, twin)
+    assert set(tiny.versions) == {"1"} and tiny.ok >= 50, tiny  # tiny's split is its own
+    assert set(twin.versions) == {"1", "2"}, twin
+    assert 0.3 <= twin.versions["1"] / twin.ok <= 0.7, twin.versions
+    # Every gateway on the port holds both tables, whichever deployment started it.
+    gateways = [g for name in ("tiny", "twin")
+                for g in cluster.deployment(name)["observed"]["gateways"]]
+    assert len(gateways) == 2
+    for g in gateways:
+        shown = httpx.get(f"http://127.0.0.1:{g['admin_port']}/admin/routes",
+                          headers=cluster.admin, timeout=5).json()
+        assert set(shown["parts"]) == {"tiny", "twin"}, shown
+
+    # Its own admission: twin now needs a key and allows a burst of 3, tiny neither.
+    carol = cluster.cli("keys", "create", "carol", "--scope", "predict", "--json")
+    key = {"authorization": f"Bearer {carol['key']}"}
+    out = cluster.cli("deploy", "twin@2", "--auth", "--rate-limit", "0.2", "--rate-burst", "3",
+                      "--json")
+    assert not isinstance(out, Exception), out
+    twin_url = f"{cluster.url}/v1/models/twin:predict"
+    assert httpx.post(twin_url, json=SAMPLE, timeout=10).status_code == 401
+    codes = [httpx.post(twin_url, json=SAMPLE, headers=key, timeout=10).status_code
+             for _ in range(10)]
+    # Each of the port's two gateways keeps its own buckets: at most 3 pass on each.
+    assert set(codes) == {200, 429} and 3 <= codes.count(200) <= 6, codes
+    assert all(cluster.predict().status_code == 200 for _ in range(10))  # no key, no limit
+    cluster.cli("keys", "revoke", carol["key_id"])
+
+    obs = cluster.deployment("twin")["observed"]
+    pids = [r["pid"] for r in obs["replicas"]] + [g["pid"] for g in obs["gateways"]]
+    assert "undeployed" in cluster.cli("undeploy", "twin")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+            any(_alive(p) for p in pids) or httpx.post(twin_url, json=SAMPLE,
+                                                       headers=key).status_code != 404):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+    r = httpx.post(twin_url, json=SAMPLE, timeout=10)
+    assert r.status_code == 404 and "not deployed" in r.json()["message"], r.text
+    assert cluster.predict().status_code == 200
 
 
 def test_undeploy_stops_every_process(cluster: Cluster) -> None:
@@ -423,7 +487,9 @@ def test_every_admin_action_of_the_module_is_audited(cluster: Cluster) -> None:
         return [r for r in rows if (r["component"], r["action"], r["outcome"])
                 == (component, action, outcome)]
 
-    deploys = of("control", "deploy")
+    deploys = [r for r in of("control", "deploy") if r["target"] != "twin"]
+    assert [r["target"] for r in of("control", "deploy") if r["target"] == "twin"] == \
+        ["twin"] * 2  # test_two_deployments_share_one_gateway_port
     assert {r["actor"] for r in deploys} == {admin}
     assert all(r["source"].startswith("127.0.0.1:") and r["target"] == "tiny" for r in deploys)
     assert deploys[0]["detail"]["before"] is None
@@ -436,7 +502,8 @@ def test_every_admin_action_of_the_module_is_audited(cluster: Cluster) -> None:
     assert scaled["detail"] == {"before": {"replicas": 2}, "after": {"replicas": 1}}
     (rolled,) = of("control", "rollback")
     assert (rolled["detail"]["before"]["version"], rolled["detail"]["after"]["version"]) == (2, 1)
-    (gone,) = of("control", "undeploy")
+    twin_gone, gone = of("control", "undeploy")
+    assert twin_gone["target"] == "twin"
     assert gone["detail"]["before"]["model"] == "tiny" and gone["detail"]["after"] is None
     assert [r["target"] for r in of("control", "deploy", 409)] == ["other", "other"]
     # Refused: nobody, a wrong key, a predict-only key (test_every_admin_route_...).
@@ -448,7 +515,8 @@ def test_every_admin_action_of_the_module_is_audited(cluster: Cluster) -> None:
         assert carol["source"].startswith("127.0.0.1:")
     # The supervised gateway records what the supervisor pushed, and who it refused.
     pushed = of("gateway", "routes.put")
-    assert pushed and {(r["actor"], r["target"]) for r in pushed} == {("supervisor", "tiny")}
+    assert pushed and {(r["actor"], r["target"]) for r in pushed} == {
+        ("supervisor", "tiny"), ("supervisor", "twin")}  # each deployment's part by name
     assert all(r["detail"]["replicas"] >= 1 for r in pushed)
     assert {r["actor"] for r in of("gateway", "routes.put", 401)} >= {
         "anonymous", "anonymous (wrong supervisor token)", "key:00 (invalid)"}

@@ -26,14 +26,13 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from stratum.cli.main import app
-from stratum.config import Settings, load_settings
+from stratum.config import Settings
 from stratum.online.demo import digits
 from stratum.online.learner import Learner
 from stratum.store import Store
 from stratum.store.models import ProcessedMessage
-from stratum.train import fit, parse_config
 from tests.integration.gateway_fixtures import stop_control_plane
-from tests.integration.train_helpers import example
+from tests.integration.train_helpers import digits_in_production, settings_with
 from tests.services import free_port
 
 pytestmark = pytest.mark.integration
@@ -98,16 +97,9 @@ def inverted(images: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     home = tmp_path_factory.mktemp("loop") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in TUNING.items():
-            mp.setenv(k, v)
-        settings = load_settings(home=home)
+    settings = settings_with(home, TUNING)
     store = Store.open(settings)
-    from stratum.data import ingest
-
-    ingest("builtin:digits", "digits", store)
-    mv = fit(parse_config(example("digits", epochs=15)), settings, store=store)
-    store.meta.set_alias("digits", "production", mv.version)
+    digits_in_production(store, settings, epochs=15)
     store.close()
     lp = Loop(home, settings, free_port())
     try:

@@ -198,7 +198,7 @@ def test_without_its_secret_only_the_health_probes_answer(
         tab: tuple[str, torch.nn.Module]) -> None:
     url, _ = tab
     guarded = [("GET", "/v2"), ("GET", "/v2/models/tab"), ("GET", "/v2/models/tab/ready"),
-               ("GET", "/metrics"), ("GET", "/admin/info"), ("POST", "/admin/swap"),
+               ("GET", "/admin/info"), ("POST", "/admin/swap"),
                ("POST", "/v1/models/tab:predict"), ("POST", "/v2/models/tab/infer"),
                ("POST", "/v1/models/tab/feedback"), ("GET", "/nowhere"),
                ("POST", "/admin/drain")]  # last: were it let through, the replica drains
@@ -213,6 +213,7 @@ def test_without_its_secret_only_the_health_probes_answer(
             assert set(got.values()) == {401}, (secret, got)
         assert c.get("/v2/health/live").status_code == 200
         assert c.get("/v2/health/ready").status_code == 200
+        assert c.get("/metrics").status_code == 200  # counters: Prometheus has no secret
     assert http.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS}).status_code \
         == 200  # and with it, everything works
 
@@ -229,11 +230,13 @@ def test_metadata_and_metrics(tab: tuple[str, torch.nn.Module]) -> None:
     for _ in range(3):
         http.post(f"{url}/v1/models/tab:predict", json={"instances": ROWS})
     text = http.get(f"{url}/metrics").text
-    assert 'stratum_replica_request_seconds_bucket{le="0.005",route="/v1/models/{name}:predict",' \
-           'status="200"}' in text
-    assert 'stratum_replica_requests_total{route="/v1/models/{name}:predict",status="200"}' in text
-    assert "stratum_replica_batch_size_bucket" in text
-    assert "stratum_replica_queue_depth 0.0" in text
+    assert 'stratum_replica_request_duration_seconds_bucket{code="200",le="0.005",' \
+           'route="/v1/models/{name}:predict"}' in text
+    assert 'stratum_replica_requests_total{code="200",route="/v1/models/{name}:predict"}' in text
+    assert "stratum_replica_batch_size_rows_bucket" in text
+    assert "stratum_replica_batch_wait_seconds_count" in text
+    assert "stratum_replica_forward_duration_seconds_count" in text
+    assert "stratum_replica_queue_depth_rows 0.0" in text
     assert 'stratum_replica_model_version{model="tab"} 1.0' in text
 
 

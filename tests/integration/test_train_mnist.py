@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,21 +18,19 @@ from stratum.store import Store
 from stratum.store import models as m
 from stratum.train import Progress, fit, parse_config
 from stratum.train.launcher import run_dir, worker_pids
-from tests.integration.train_helpers import example, home_with
+from tests.integration.train_helpers import example
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return home_with(tmp_path_factory.mktemp("mnist"), "mnist")  # ingest("builtin:mnist")
+def home(mnist_home: Settings) -> Settings:
+    return mnist_home  # one mnist home and ddp run for the session (conftest.py)
 
 
 @pytest.fixture(scope="module")
-def store(home: Settings) -> Iterator[Store]:
-    s = Store.open(home)
-    yield s
-    s.close()
+def store(mnist_store: Store) -> Store:
+    return mnist_store
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +43,8 @@ def single(home: Settings, store: Store) -> m.ModelVersion:
 
 
 @pytest.fixture(scope="module")
-def ddp(home: Settings, store: Store) -> m.ModelVersion:
-    return fit(parse_config(example("mnist", name="mnist-ddp", workers=2)), home, store=store)
+def ddp(mnist_ddp: m.ModelVersion) -> m.ModelVersion:
+    return mnist_ddp
 
 
 def summary(store: Store, mv: m.ModelVersion) -> dict[str, Any]:

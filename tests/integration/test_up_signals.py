@@ -4,12 +4,14 @@ control plane it started, and leaves no process behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -58,6 +60,11 @@ def test_sigterm_stops_everything_up_started(tmp_path: Path) -> None:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
+        # The dashboard `up` prints is served by the control plane it started.
+        shown = re.search(rb"dashboard (https?://\S+/ui/)", log.read_bytes())
+        assert shown is not None, log.read_text()[-3000:]
+        r = httpx.get(shown.group(1).decode(), timeout=10)
+        assert r.status_code == 303 and "/ui/login" in r.headers["location"], r
         time.sleep(2.0)  # the learner is running
         running = _ours(home)
         assert len(running) >= 4, running  # up, control plane, gateway, replica, learner

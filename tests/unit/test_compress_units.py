@@ -1,5 +1,6 @@
-"""The pieces of compression without data: the sparse weights format, structured pruning,
-the distillation loss, the gate."""
+"""The pieces of compression without data: the sparse weights format, packed ONNX graphs,
+structured pruning, the distillation loss, which convs static int8 keeps float, the
+fine-tuning rate, the gate."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import torch
 from safetensors.numpy import load as load_np
 from safetensors.torch import save
 
-from stratum.compress import Distill
+from stratum.compress import Distill, Prune, quantize
 from stratum.compress import distill as dst
 from stratum.compress import prune as prn
 from stratum.compress.gate import judge
+from stratum.compress.passes import Kind
 from stratum.errors import ConfigError, IntegrityError
 from stratum.models import build_model
 from stratum.store import LoadedModel, ModelSpec, sparse
@@ -101,3 +103,50 @@ def test_gate() -> None:
     assert not refused.passed and refused.drop_points == pytest.approx(2.0)
     assert judge(0.97, 0.5, None).passed  # no gate asked for
     assert np.isclose(judge(0.9, 0.95, 0.0).drop_points, -5.0)
+
+
+def test_onnx_graphs_are_packed_when_deflate_pays_and_unpacked_at_load() -> None:
+    mostly_zeros = bytes(8) * 50_000 + np.random.default_rng(0).bytes(20_000)
+    packed = sparse.pack_graph(mostly_zeros)
+    assert sparse.is_packed_graph(packed) and len(packed) < 0.3 * len(mostly_zeros)
+    assert sparse.unpack_graph(packed) == mostly_zeros
+    noise = np.random.default_rng(1).bytes(50_000)  # a dense float graph barely deflates
+    assert sparse.pack_graph(noise) == noise and sparse.unpack_graph(noise) == noise
+    spec = ModelSpec(framework="onnx", architecture="cnn", input_shape=[1, 8, 8],
+                     weights_file="model.onnx.z")
+    loaded = LoadedModel(name="m", version=1, spec=spec, weights_blob=packed)
+    assert loaded.onnx_graph() == mostly_zeros
+    for broken in (packed[:-10], packed[:len(sparse.GRAPH_MAGIC) + 4],
+                   packed[:len(sparse.GRAPH_MAGIC)] + (2**40).to_bytes(8, "little")):
+        with pytest.raises(IntegrityError, match="packed ONNX"):
+            sparse.unpack_graph(broken)
+
+
+def test_static_int8_keeps_shallow_convs_float() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    def conv(name: str, x: str, w: tuple[int, ...]) -> tuple[object, object]:
+        init = numpy_helper.from_array(np.zeros(w, dtype=np.float32), f"{name}.w")
+        return helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.y"], name=name), init
+
+    first, w1 = conv("first", "x", (32, 1, 3, 3))  # 9 products an output: shallow
+    rgb, w2 = conv("rgb", "first.y", (16, 32, 1, 1))  # 32: deep enough
+    graph = helper.make_graph(
+        [first, rgb], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("rgb.y", TensorProto.FLOAT, None)], [w1, w2])
+    assert quantize.shallow_convs(helper.make_model(graph).SerializeToString()) == ["first"]
+
+
+def test_finetuning_runs_at_a_constant_fraction_of_the_parents_rate() -> None:
+    from stratum.train.tune import tune_config
+
+    parent = {"dataset": "mnist@latest", "model": {"name": "cnn"}, "epochs": 8,
+              "optimizer": {"name": "adam", "lr": 0.003},
+              "schedule": {"name": "cosine", "warmup_steps": 100}}
+    cfg = tune_config(parent, "mnist@abc", 1, lr_scale=0.1)
+    assert cfg.epochs == 1 and cfg.optimizer.lr == pytest.approx(0.0003)
+    assert cfg.schedule.name == "none" and cfg.schedule.warmup_steps == 0
+    student = tune_config(parent, "mnist@abc", 8)  # trained from scratch: the parent's
+    assert student.optimizer.lr == 0.003 and student.schedule.name == "cosine"
+    with pytest.raises(ConfigError, match="fine-tuning rate"):
+        Prune(0.8, finetune_lr=0.0).check(Kind("torch", False, "cnn"))

@@ -121,6 +121,27 @@ def test_backoff_grows_with_each_crash_up_to_its_cap_and_resets_once_stable() ->
     assert restart_delay(rec, clock, st, wanted) < delays[1]
 
 
+def test_a_new_count_keeps_the_crash_backoff_and_a_new_version_clears_it() -> None:
+    """The autoscaler writes a generation per step: a crash-looping version must not be
+    restarted at once again each time (issue 13 review)."""
+    rec, clock = setup(ControlSettings(restart_backoff_s=1.0, restart_backoff_max_s=8.0))
+    wanted = spec(replicas=1)
+    st = deployed(rec, wanted)
+    for _ in range(3):
+        (replica,) = start_ready(rec, st, wanted)
+        rec.replica_exited(st, replica, exit_code=1, log_tail="")
+        clock.advance(10)
+    (replica,) = start_ready(rec, st, wanted)
+    rec.replica_exited(st, replica, exit_code=1, log_tail="")  # a loop: backing off now
+    assert rec.to_start(st, wanted) == []
+    more = spec(replicas=2)
+    rec.wanted(st, more, 2)  # scaled: the same version, still backing off
+    assert rec.to_start(st, more) == []
+    other = spec(version=2, replicas=2)
+    rec.wanted(st, other, 3)  # another version: a fresh start
+    assert [s.version for s in rec.to_start(st, other)] == [2, 2]
+
+
 def test_a_replica_starting_past_the_ready_deadline_is_given_up_on() -> None:
     rec, clock = setup(ControlSettings(ready_timeout_s=60))
     wanted = spec(replicas=2)

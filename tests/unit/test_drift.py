@@ -16,7 +16,7 @@ from stratum.monitor.drift import (
     ks_2samp,
     psi,
 )
-from stratum.monitor.metrics import Metrics, sample
+from stratum.monitor.metrics import DriftGauges, new_registry, sample
 
 
 def test_psi_near_zero_on_same_distribution_large_on_shift() -> None:
@@ -74,7 +74,8 @@ def test_report_flags_only_the_shifted_feature() -> None:
 
 def test_monitor_alerts_on_drifted_window_and_accuracy_drop() -> None:
     rng = np.random.default_rng(3)
-    metrics = Metrics.create("learner")
+    registry = new_registry()
+    metrics = DriftGauges.create(registry)
     profile = ReferenceProfile.fit(rng.normal(size=(3000, 5)))
     mon = DriftMonitor(profile, model="m", window=400, feature_fraction=0.4,
                        baseline_accuracy=0.95, accuracy_drop=0.1, metrics=metrics)
@@ -87,10 +88,11 @@ def test_monitor_alerts_on_drifted_window_and_accuracy_drop() -> None:
     alerts += mon.observe(shifted)
     assert [a.rule for a in alerts][-1] == "drift.input"
     assert alerts[-1].value >= 0.4 and alerts[-1].subject == "m"
-    assert sample(metrics.registry, "stratum_drift_features_drifted", {"model": "m"}) >= 0.4
+    assert sample(registry, "stratum_learner_drift_features_drifted_ratio", {"model": "m"}) \
+        >= 0.4
     assert mon.observe_outcomes([True] * 390 + [False] * 10) == []  # 0.975: fine
     acc_alerts = mon.observe_outcomes([True] * 300 + [False] * 100)  # 0.75 < 0.85
     assert [a.rule for a in acc_alerts] == ["drift.accuracy"]
     assert acc_alerts[0].value == pytest.approx(0.75)
-    assert sample(metrics.registry, "stratum_online_accuracy",
-                  {"model": "m", "window": "feedback"}) == pytest.approx(0.75)
+    assert sample(registry, "stratum_learner_feedback_accuracy_ratio",
+                  {"model": "m"}) == pytest.approx(0.75)

@@ -148,7 +148,9 @@ def test_gateway_errors_are_json_4xx_or_503(settings: Settings) -> None:
     assert r.headers["x-request-id"] == "rid-1"
     assert asyncio.run(_call(gw, "GET", "/v2/health/live")).status_code == 200
     metrics = asyncio.run(_call(gw, "GET", "/metrics")).text
-    assert 'stratum_gateway_requests_total{code="413",route="predict"} 1.0' in metrics
+    assert 'stratum_gateway_requests_total{code="413",model="m",route="predict"} 1.0' in metrics
+    assert 'stratum_gateway_requests_total{code="404",model="unknown",route="predict"} 1.0' \
+        in metrics
 
 
 def test_routes_are_installed_over_http(settings: Settings) -> None:

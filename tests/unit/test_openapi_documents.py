@@ -105,7 +105,7 @@ def test_the_control_document_is_its_fastapi_routes(settings: Settings) -> None:
     assert served == operations_in(doc) == {op.key for op in control_openapi.OPERATIONS}
     # The admin guard is a dependency on every route but the open ones.
     unguarded = {(m, r.path) for r in routes for m in r.methods or () if not r.dependencies}
-    assert unguarded == _open_operations(doc) == {("GET", "/health")}
+    assert unguarded == _open_operations(doc) == {("GET", "/health"), ("GET", "/metrics")}
     assert app.openapi() is doc  # built once
     validate(doc)
 

@@ -185,3 +185,30 @@ def test_cache_entries_without_or_with_a_wrong_probe_are_rewritten(
         assert from_cache(loaded, None, cache) is None  # not trusted without the network
         assert load_runtime(loaded, settings.serve, cache).backend == "onnxruntime"
         assert from_cache(loaded, None, cache) is not None  # the probe is written back
+
+
+def test_one_export_at_a_time_per_version(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Replicas of a first deploy start together: the second waits for the first's export
+    (then reads its entry) instead of exporting beside it on the same cores."""
+    import threading
+    import time
+
+    from stratum.models import onnx as tx
+
+    order: list[str] = []
+    with tx.export_lock(tmp_path, "k"):
+        def second() -> None:
+            with tx.export_lock(tmp_path, "k"):
+                order.append("second")
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        order.append("first done")
+    t.join(5)
+    assert order == ["first done", "second"]
+    with tx.export_lock(tmp_path, "other"), tx.export_lock(tmp_path, "k", timeout=1):
+        pass  # another key is not held up; a free one is taken at once
+    with tx.export_lock(tmp_path, "k"):
+        t0 = time.monotonic()
+        with tx.export_lock(tmp_path, "k", timeout=0.3):  # a hung exporter: go on after
+            assert time.monotonic() - t0 >= 0.3

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from stratum.errors import ConflictError, InvalidNameError, NotFoundError
 from stratum.store import MetadataStore
@@ -155,3 +156,27 @@ def test_the_cheap_head_check_agrees_with_alembic(db_url: str) -> None:
         assert _at_head(engine)
     finally:
         engine.dispose()
+
+
+def test_a_database_that_does_not_answer_is_a_503_to_retry(tmp_path: Path) -> None:
+    """A cut connection (PostgreSQL restarting) or a lock held past the busy timeout is
+    ``StoreUnavailableError`` from every metadata session: loops wait it out, the HTTP
+    APIs answer 503."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from stratum.errors import StoreUnavailableError
+    from stratum.store.db import answering
+
+    with pytest.raises(StoreUnavailableError) as err, answering("the metadata store"):
+        raise OperationalError("SELECT 1", {}, ConnectionResetError("cut"))
+    assert err.value.http_status == 503 and "ConnectionResetError" in str(err.value)
+    with pytest.raises(StoreUnavailableError), answering("x"):
+        raise OperationalError("SELECT 1", {}, sqlite3.OperationalError("database is locked"))
+    meta = MetadataStore.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:  # a wrong statement is a bug to show, not a database to wait for
+        with pytest.raises(OperationalError), meta.session() as s:
+            s.execute(text("SELECT * FROM no_such_table"))
+    finally:
+        meta.close()

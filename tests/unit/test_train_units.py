@@ -17,7 +17,8 @@ from stratum.train import load_config, parse_config
 from stratum.train.components import build_network, dry_run
 from stratum.train.loop import Job, Shards, train
 from stratum.train.metrics import ClassificationMeter, RegressionMeter, metric_names
-from stratum.train.strategies import Single, WorkerEnv, check_strategy
+from stratum.train.registry import check_strategy
+from stratum.train.strategies import Single, WorkerEnv
 
 BASE = {"dataset": "toy", "model": {"name": "mlp", "params": {"hidden": [16]}}}
 
