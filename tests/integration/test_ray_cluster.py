@@ -40,6 +40,7 @@ from stratum.store import Store
 from tests.integration.gateway_fixtures import (
     SAMPLE,
     BackgroundLoad,
+    load_loop,
     register_tiny,
     stop_control_plane,
 )
@@ -230,6 +231,37 @@ def test_a_new_control_plane_adopts_the_replicas_on_the_cluster(
     assert adopted and set(adopted[0].payload["replicas"]) == before
     assert _replica_pids(cluster) == before
     assert result.failed == [] and result.ok > 20, result.failed[:5]
+
+
+def test_canary_and_rollback_work_unchanged_on_ray(
+        shared: Settings, deployed: dict[str, Any]) -> None:
+    """Ray places the processes; what the supervisor does with them is the same: a rolling
+    update with a canary splits the traffic by weight, and a rollback returns, under load
+    and with no failed request."""
+    import asyncio
+
+    store = Store.open(shared)
+    try:
+        assert register_tiny(store, seed=4) == 2
+    finally:
+        store.close()
+    _cli(shared, "scale", "tiny", "2", "--json")  # room on 6 CPUs for the new version's
+    load = BackgroundLoad(deployed["url"], "tiny", concurrency=4)
+    try:
+        out = _cli(shared, "deploy", "tiny@2", "--canary", "tiny@1:30", "--backend", "ray",
+                   "--cpus", "1", "--json", "--timeout", "120")
+        assert sorted((t["version"], t["weight"]) for t in out["traffic"]) == [
+            (1, 30.0), (2, 70.0)], out["traffic"]
+        assert {r["host"] for r in _observed(shared)["replicas"]} - {"127.0.0.1"}
+        split = asyncio.run(load_loop(deployed["url"], "tiny", 3.0, concurrency=4))
+        out = _cli(shared, "rollback", "tiny", "--json", "--timeout", "120")
+        assert {r["version"] for r in out["replicas"]} == {1}, out["replicas"]
+    finally:
+        result = load.stop()
+    assert result.failed == [] and split.failed == [], (result.failed[:5], split.failed[:5])
+    assert 0.15 <= split.versions["1"] / split.ok <= 0.45, split.versions
+    out = _cli(shared, "scale", "tiny", str(REPLICAS), "--json", "--timeout", "120")
+    assert out["status"] == "ready" and len(out["replicas"]) == REPLICAS, out
 
 
 def test_bad_input_is_refused_and_the_deployment_serves_on(
