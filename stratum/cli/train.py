@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from stratum.cli.context import console, get_ctx, print_json
+from stratum.errors import ConfigError
 from stratum.train import Progress as TrainProgress
 from stratum.train import fit, load_config
 
@@ -58,6 +59,10 @@ def train(
         None, "--backend",
         help="Where the workers run: local processes, or Ray Train on the cluster at "
              "cluster.address (default: the cluster.backend setting)."),
+    gpus_per_worker: float | None = typer.Option(
+        None, "--gpus-per-worker", min=0,
+        help="GPUs each Ray Train worker asks of its node (--backend ray; default: the "
+             "cluster.train_gpus_per_worker setting, 0 = CPUs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the last stopped run."),
     epochs: int | None = typer.Option(None, "--epochs", help="Override epochs."),
     name: str | None = typer.Option(None, "--name", help="Registered model name."),
@@ -71,6 +76,13 @@ def train(
     if backend is not None:
         settings = settings.model_copy(update={
             "cluster": settings.cluster.model_copy(update={"backend": backend})})
+    if gpus_per_worker is not None:
+        if gpus_per_worker > 0 and settings.cluster.backend != "ray":
+            raise ConfigError(
+                "--gpus-per-worker asks Ray for GPUs; local workers use a GPU when they see one",
+                hint="add --backend ray, or leave --gpus-per-worker out")
+        settings = settings.model_copy(update={"cluster": settings.cluster.model_copy(
+            update={"train_gpus_per_worker": gpus_per_worker})})
     if as_json:
         mv = fit(cfg, settings, resume=resume, store=c.store)
     else:

@@ -72,6 +72,10 @@ def tune(
     space: Path | None = typer.Option(None, "--space", help="Search space YAML."),
     trials: int = typer.Option(8, "--trials", "-n", help="Trials to run."),
     parallel: int = typer.Option(1, "--parallel", "-p", help="Trials at a time (processes)."),
+    backend: Literal["local", "ray"] | None = typer.Option(
+        None, "--backend",
+        help="Where each trial trains: local processes, or Ray Train on the cluster at "
+             "cluster.address (default: the cluster.backend setting)."),
     pruner: Literal["median", "halving"] = typer.Option(
         "median", "--pruner", help="median, or halving (successive halving)."),
     metric: str | None = typer.Option(
@@ -92,6 +96,10 @@ def tune(
         raise ConfigError(f"training config {path} does not exist")
     doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     c = get_ctx(ctx)
+    settings = c.settings
+    if backend is not None:
+        settings = settings.model_copy(update={
+            "cluster": settings.cluster.model_copy(update={"backend": backend})})
 
     def on_trial(t: Any) -> None:
         if not as_json:
@@ -99,7 +107,7 @@ def tune(
             console.print(f"trial {t.number}: {t.state.name.lower()} {value} "
                           f"{hpo.decoded(t)}", highlight=False)
 
-    result = hpo.search(doc, params, c.settings, c.store, trials=trials, parallel=parallel,
+    result = hpo.search(doc, params, settings, c.store, trials=trials, parallel=parallel,
                         pruner=pruner, metric=metric, on_trial=on_trial)
     mv = result.version
     out = {"search": result.search_id, "name": mv.name, "version": mv.version,

@@ -116,15 +116,16 @@ def _ensure_data(ctx: typer.Context, c: CliContext, name: str) -> None:
         console.print(f"dataset {name}@{dv.version[:12]} exists ({dv.num_rows:,} rows)")
     except NotFoundError:
         ingest_cmd(ctx, source="builtin:mnist", name=name, shards=None, replicas=None,
-                   shard_key=None, schema=None, as_json=False)
+                   shard_key=None, schema=None, backend=None, as_json=False)
 
 
 def _ensure_model(ctx: typer.Context, c: CliContext, name: str, config: Path,
                   workers: int) -> None:
     meta = c.store.meta
     if not meta.model_versions(name):
-        train_cmd(ctx, config=config, workers=workers, strategy=None, resume=False,
-                  epochs=None, name=name, as_json=False)
+        # every option named: typer fills defaults only when it parses the command line
+        train_cmd(ctx, config=config, workers=workers, strategy=None, backend=None,
+                  gpus_per_worker=None, resume=False, epochs=None, name=name, as_json=False)
     aliases = meta.aliases(name)
     if "production" not in aliases:
         version = aliases.get("candidate") or meta.model_version(name).version

@@ -160,6 +160,11 @@ def stop(home: Path, grace_s: float = 15.0) -> list[int]:
     while any(alive(p) for p in pids) and time.monotonic() < end:
         time.sleep(0.1)
     kill_all([p for p in pids if alive(p)])
+    # SIGKILL is not instant: a worker with a CUDA context takes seconds to be torn down
+    # (seen on an H200), and `cluster down` reads back that nothing is left.
+    end = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.1)
     state_path(home).unlink(missing_ok=True)
     _index(cluster.address).unlink(missing_ok=True)
     return pids

@@ -58,6 +58,14 @@ class ServeSettings(BaseModel):
     torch_backend: Literal["onnxruntime", "eager"] = "onnxruntime"
     # torch.compile the network at load (eager backend; slower start).
     compile: bool = False
+    # Where a torch network runs. auto: on the GPU when this replica was given one (Ray
+    # sets CUDA_VISIBLE_DEVICES for a replica deployed with --gpus; locally, when one is
+    # there), else on the CPU through torch_backend. On a GPU it runs eager PyTorch: the
+    # ONNX Runtime we ship is the CPU build.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Autocast a GPU forward pass to bfloat16 (about 2x the matrix throughput on Ampere
+    # and later; probabilities may move in the third decimal). Ignored on the CPU.
+    bf16: bool = False
     # Serve conv nets in the channels-last (NHWC) layout oneDNN is fastest on.
     channels_last: bool = True
     # How long /admin/drain and a retiring version wait for requests in flight.
@@ -143,6 +151,9 @@ class ClusterSettings(BaseModel):
     # What each replica placed through Ray asks of its node, unless `deploy --cpus/--gpus`.
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
+    # GPUs each Ray Train worker asks of its node, unless `train --gpus-per-worker`. 0: the
+    # workers train on CPUs (also on a node with GPUs: Ray gave them none).
+    train_gpus_per_worker: float = Field(0.0, ge=0, le=64)
 
 
 class OnlineSettings(BaseModel):

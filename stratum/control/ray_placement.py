@@ -3,10 +3,10 @@ hosted``) asking its node for the deployment's CPUs and GPUs and running the rep
 to the node's address.
 
 Spreading: each replica goes to the live node with the fewest replicas of its deployment
-(then the fewest of ours, then free room), asked of Ray as a soft node affinity, so Ray
-still places it elsewhere when that node cannot take it. A node where one of our actors
-was just lost is avoided until the GCS has made up its mind about it (it takes the GCS
-seconds to declare a node dead; the actor's loss is known in about one).
+(then the fewest of ours, then free room), asked of Ray as a soft node affinity that
+spills, so Ray places it elsewhere when that node has no room free now. A node where one of
+our actors was just lost is avoided until the GCS has made up its mind about it (it takes
+the GCS seconds to declare a node dead; the actor's loss is known in about one).
 
 Losing a replica: the actor's ``wait`` call fails when its process, its actor or its node
 dies; ``RayProc.alive`` then reports it gone (and kills what may be left of the actor, so a
@@ -148,21 +148,27 @@ class RayPlacement:
         options: dict[str, Any] = dict(
             name=name, namespace=self.namespace, lifetime="detached", max_restarts=0,
             num_cpus=job.cpus, num_gpus=job.gpus,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=True)
-            if node else "SPREAD")
+            # Spill: a merely soft affinity waits for room on a node that is full now
+            # (its replica stopping elsewhere would never free it).
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node.node_id, soft=True, _spill_on_unavailable=True) if node else "SPREAD")
         actor = None
+        wait_s = self.settings.cluster.connect_timeout_s * 3
         try:
             actor = actor_class().options(**options).remote()
             info = await asyncio.wait_for(
-                actor.start.remote(job.module, job.args, job.env, str(job.log)),
-                self.settings.cluster.connect_timeout_s * 3)
+                actor.start.remote(job.module, job.args, job.env, str(job.log)), wait_s)
         except (TimeoutError, RayError, ValueError) as exc:
             self._placed.pop(job.name, None)
             if actor is not None:
                 ray.kill(actor, no_restart=True)
             where = f" (asked of node {node.ip})" if node else ""
-            return Placed(Failed(f"Ray could not start the replica{where}: "
-                                 f"{type(exc).__name__}: {exc}"[:1000]), "", 0)
+            # A timeout's text is empty; most often Ray found no node with the room free.
+            why = (f"not started within {wait_s:g} s; no live node may have {job.cpus:g} "
+                   f"CPUs and {job.gpus:g} GPUs free (see `stratum cluster status`)"
+                   if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}")
+            return Placed(Failed(f"Ray could not start the replica{where}: {why}"[:1000]),
+                          "", 0)
         return Placed(self._track(job.group, job.name, actor, info, job.cpus),
                       str(info["ip"]), int(info["port"]))
 

@@ -2,11 +2,11 @@
 processes running, in the manner of Ray Serve's controller.
 
 Every tick, for every deployment, it: reaps exited processes (a crash schedules a restart
-with exponential backoff), probes starting replicas until ready, starts what is missing,
-starts the gateway, computes the routing table from the *ready* replicas and PUTs it to
-the gateways, and drains and stops a replica only once they acknowledged a table without
-it. A rolling update, a scale, a canary and a crash recovery are the same loop: nothing
-stops before its replacement serves and the gateway moved traffic away from it.
+with exponential backoff), probes starting replicas until ready, starts the gateway, computes
+the routing table from the *ready* replicas and PUTs it to the gateways, drains and stops a
+replica only once they acknowledged a table without it, then starts what is missing. A
+rolling update, a scale, a canary and a crash recovery are the same loop: nothing stops
+before its replacement serves and the gateway moved traffic away from it.
 
 A version whose replicas fail to start ``start_attempts`` times is given up (the wanted
 state reverts to the version serving). What to do is decided in ``reconcile``; this does
@@ -160,7 +160,6 @@ class Supervisor:
                 return True  # the reverted spec is the next generation; this one is done
         for swap in self.rec.to_swap(st, spec):
             self._background(self._swap(st, swap.replica, swap.version))
-        await self._start_missing(st, spec)
         self._ensure_gateway(st, spec)
         routes, traffic, serving = compute_routes(st.name, spec, st.replicas.values())
         if routes is not None and self._stored.get(st.name) != routes.etag():
@@ -178,6 +177,7 @@ class Supervisor:
                                                  tokens[id(gw)]):
                     await self._record(st.name, self.rec.pushed(st, gw, routes, traffic))
         self._stop(st, self.rec.to_stop(st, spec, routes, serving, sharing))
+        await self._start_missing(st, spec)  # last: a Ray start may wait for room a stop frees
         return await self._observe(st, spec, self.rec.acknowledged(st, routes, sharing))
 
     async def _report(self, name: str, exc: Exception) -> None:

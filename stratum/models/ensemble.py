@@ -115,7 +115,11 @@ def combine(how: str, outputs: list[np.ndarray], meta: Any | None, classify: boo
         return ((votes + 1e-3 * mean) / (len(outputs) + 1e-3)).astype(np.float32)
     if meta is None:
         raise IntegrityError("a stacking ensemble has no meta-learner")
-    features = stack_features(outputs, classify)
+    return meta_outputs(meta, stack_features(outputs, classify), classify, classes)
+
+
+def meta_outputs(meta: Any, features: np.ndarray, classify: bool, classes: int) -> np.ndarray:
+    """A meta-learner's (n, k) probabilities (columns by class index) or (n,) values."""
     if not classify:
         return np.asarray(meta.predict(features), dtype=np.float32)
     out = np.zeros((len(features), classes), dtype=np.float32)

@@ -26,6 +26,10 @@ def _zoo(task: str) -> dict[str, Callable[..., Any]]:
         return {
             "sklearn_logistic": lambda **p: linear_model.LogisticRegression(
                 **{"max_iter": 2000, **p}),
+            # the L2 strength picked by 5-fold cross-validated log-loss (the stacking default)
+            "sklearn_logistic_cv": lambda **p: linear_model.LogisticRegressionCV(
+                **{"Cs": 10, "cv": 5, "scoring": "neg_log_loss", "max_iter": 2000,
+                   **_new_attributes(linear_model.LogisticRegressionCV), **p}),
             "svc": lambda **p: svm.SVC(**p),
             "random_forest": lambda **p: ensemble.RandomForestClassifier(
                 **{"n_estimators": 200, "n_jobs": 1, **p}),
@@ -40,8 +44,16 @@ def _zoo(task: str) -> dict[str, Callable[..., Any]]:
     }
 
 
-SKLEARN_MODELS = ("sklearn_logistic", "sklearn_linear", "svc", "random_forest",
-                  "gradient_boosting")
+SKLEARN_MODELS = ("sklearn_logistic", "sklearn_logistic_cv", "sklearn_linear", "svc",
+                  "random_forest", "gradient_boosting")
+
+
+def _new_attributes(cls: Any) -> dict[str, Any]:
+    """Newer scikit-learn warns on each fit of LogisticRegressionCV until its new defaults
+    (simplified fitted attributes, an explicit pure-L2 ``l1_ratios``) are asked for; older
+    versions have no such parameter."""
+    return {"use_legacy_attributes": False, "l1_ratios": (0.0,)} \
+        if "use_legacy_attributes" in cls().get_params() else {}
 
 
 def is_estimator(obj: Any) -> bool:

@@ -46,10 +46,13 @@ class PredictOptions:
     channels_last: bool = True  # NHWC layout for conv nets on CPU
     threads: int | None = None  # intra-op threads of the session
     cache_dir: Path | None = None  # keeps derived artifacts (ONNX exports) across restarts
+    device: str = "cpu"  # "cuda": eager torch on the GPU (see ``serve.device``)
+    bf16: bool = False  # autocast the GPU forward pass to bfloat16
 
 
 def _torch_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
-    if o.torch_backend == "onnxruntime" and not o.compile and o.cache_dir is not None:
+    if o.device == "cpu" and o.torch_backend == "onnxruntime" and not o.compile \
+            and o.cache_dir is not None:
         from stratum.models.exported import from_cache
 
         cached = from_cache(loaded, o.threads, o.cache_dir)
@@ -58,8 +61,9 @@ def _torch_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:
     from stratum.models.torch_predictor import TorchPredictor
 
     return TorchPredictor(loaded, compile=o.compile, channels_last=o.channels_last,
-                          backend="eager" if o.compile else o.torch_backend,
-                          threads=o.threads, cache_dir=o.cache_dir)
+                          backend="eager" if o.compile or o.device != "cpu" else o.torch_backend,
+                          threads=o.threads, cache_dir=o.cache_dir, device=o.device,
+                          bf16=o.bf16)
 
 
 def _onnx_predictor(loaded: LoadedModel, o: PredictOptions) -> Predictor:

@@ -10,6 +10,9 @@ Convolutional networks are served in the channels-last (NHWC) memory layout: one
 convolutions and pooling run 2-3x faster on it than on the NCHW layout a network trains
 in, and the results are the same to float rounding (``bench/serve.py`` prints both
 forward passes; ``tests/unit/test_serve_runtime.py`` checks they agree).
+
+On a GPU (``device="cuda"``) the network runs eagerly there, optionally under bfloat16
+autocast; a batch crosses to the device and its probabilities come back as float32.
 """
 
 from __future__ import annotations
@@ -36,9 +39,15 @@ class TorchPredictor:
 
     def __init__(self, loaded: LoadedModel, *, compile: bool = False,
                  channels_last: bool = True, backend: str = "eager",
-                 threads: int | None = None, cache_dir: Path | None = None) -> None:
+                 threads: int | None = None, cache_dir: Path | None = None,
+                 device: str = "cpu", bf16: bool = False) -> None:
         spec = loaded.spec
         net = load_network(loaded)
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            backend = "eager"  # the ONNX Runtime we ship runs on the CPU only
+            net = net.to(self.device)
+        self.bf16 = bf16 and self.device.type == "cuda"
         self._classify = spec.task == "classification"
         self.backend = "eager"
         self.fallback_reason: str | None = None
@@ -64,13 +73,14 @@ class TorchPredictor:
             return self._exported.predict(x)
         if not x.flags.writeable:  # a binary OIP tensor is a view of the request bytes
             x = x.copy()
-        with torch.inference_mode():
-            t = torch.from_numpy(x)
+        with torch.inference_mode(), torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            t = torch.from_numpy(x).to(self.device, non_blocking=True)
             if self.channels_last:
                 t = t.contiguous(memory_format=torch.channels_last)
-            out = self._net(t)
+            out = self._net(t).float()
             out = torch.softmax(out, dim=1) if self._classify else out.reshape(-1)
-            return out.numpy()
+            return out.cpu().numpy()
 
 
 def _onnx_session(net: nn.Module, loaded: LoadedModel, threads: int | None,

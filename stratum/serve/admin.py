@@ -111,4 +111,8 @@ def runtime_info(runtime: Any) -> dict[str, Any]:
                            "backend": getattr(runtime, "backend", runtime.framework)}
     if getattr(runtime, "fallback_reason", None):
         out["fallback_reason"] = runtime.fallback_reason
+    device = getattr(runtime, "device", None)
+    if device is not None and out["backend"] == "eager":  # where, and in which precision
+        out["device"] = str(device)
+        out["bf16"] = bool(getattr(runtime, "bf16", False))
     return out

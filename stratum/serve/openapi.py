@@ -42,6 +42,8 @@ class RuntimeInfo(BaseModel):
     framework: str
     backend: str
     fallback_reason: str | None = Field(None, description="why not ONNX Runtime, if not")
+    device: str | None = Field(None, description="cpu or cuda:N, for a torch net run eagerly")
+    bf16: bool | None = Field(None, description="whether its forward pass autocasts to bf16")
 
 
 class MadeBy(BaseModel):

@@ -80,11 +80,17 @@ class MemberConfig(_Section):
     batch_size: int | None = Field(None, ge=1)
 
 
+# logistic regression whose L2 strength is chosen by cross-validated log-loss
+DEFAULT_META = "sklearn_logistic_cv"
+
+
 class EnsembleConfig(_Section):
     members: list[MemberConfig] = Field(min_length=2, max_length=32)
     combine: Literal["hard", "soft", "stacking"] = "soft"
-    meta: ModelConfig = Field(  # stacking: fitted on the members' validation predictions
-        default_factory=lambda: ModelConfig(name="sklearn_logistic"))
+    # stacking: the meta-learner is fitted on the members' out-of-fold outputs from
+    # `folds`-fold cross-validation over the training and validation rows (stacking.py)
+    meta: ModelConfig = Field(default_factory=lambda: ModelConfig(name=DEFAULT_META))
+    folds: int = Field(5, ge=2, le=20)
 
 
 AUGMENTATIONS = ("rotate", "crop", "brightness", "contrast", "noise")

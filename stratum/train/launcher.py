@@ -150,7 +150,8 @@ class LocalLauncher:
     def _spawn(self, job_file: Path) -> None:
         port = free_port()
         base = {**self.settings.child_env(), "MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port), "WORLD_SIZE": str(self.workers)}
+                "MASTER_PORT": str(port), "WORLD_SIZE": str(self.workers),
+                "LOCAL_WORLD_SIZE": str(self.workers)}
         self.procs = []
         for rank in range(self.workers):
             env = {**base, "RANK": str(rank), "LOCAL_RANK": str(rank)}

@@ -58,6 +58,7 @@ class ParameterServer(DDP):
     """The worker side: the loop's strategy on ranks ``0..W-1``."""
 
     name = "parameter_server"
+    gpu_per_rank = False  # its messages are CPU tensors over gloo: workers may share a GPU
 
     def __init__(self, env: WorkerEnv, cfg: TrainConfig) -> None:
         init_group(env, torch.device("cpu"))  # messages are CPU tensors: gloo, even on GPU

@@ -14,7 +14,9 @@ than where it started. At the end the best complete trial is registered (alias
 The study lives in a journal file, ``{home}/searches/{id}.journal``: with ``parallel`` P
 above 1, P child processes (``python -m stratum.train.search``) share it, each running its
 share of the trials. A trial's own training may use any strategy and the Ray backend like
-``stratum train``. The space file's format: ``search_space.py``.
+``stratum train``: with ``cluster.backend: ray`` (``stratum tune --backend ray``) each trial
+is a Ray Train run on the cluster, the P processes its drivers, and a pruned trial's run is
+aborted there (``RayLauncher``). The space file's format: ``search_space.py``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ live here; the others each have a module and plug in through the same methods:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from stratum.train.checkpoint import Checkpoint
     from stratum.train.loop import Shards
 
+log = logging.getLogger(__name__)
 # (worker, world) -> that slice of the dataset's shards: what a strategy reads its rows with
 Loader = Callable[[int, int], "Shards"]
 
@@ -48,6 +50,7 @@ class WorkerEnv:
     local_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29_500
+    local_world: int = 1  # processes of the group on this node
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> WorkerEnv:
@@ -57,12 +60,23 @@ class WorkerEnv:
             local_rank=int(e.get("LOCAL_RANK", e.get("RANK", 0))),
             master_addr=e.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(e.get("MASTER_PORT", 29_500)),
+            local_world=int(e.get("LOCAL_WORLD_SIZE", e.get("WORLD_SIZE", 1))),
         )
 
 
-def pick_device(local_rank: int = 0) -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+def pick_device(local_rank: int = 0, local_world: int = 1, share: bool = True
+                ) -> torch.device:
+    """The GPU of this process (local ranks round-robin over the GPUs), else the CPU. A
+    process of an NCCL group (``share=False``) needs a GPU of its own: NCCL refuses two
+    ranks on one GPU ("Duplicate GPU detected"), so more workers than GPUs train on the
+    CPU over gloo, and the log says so."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and (share or local_world <= gpus):
+        return torch.device("cuda", local_rank % gpus)
+    if gpus and local_rank == 0:
+        log.warning("%d workers on this node and %d GPU(s): NCCL cannot share a GPU between "
+                    "workers, so they train on the CPU; use --workers %d or fewer for the "
+                    "GPU", local_world, gpus, gpus)
     return torch.device("cpu")
 
 
@@ -108,6 +122,7 @@ class Single:
 
     def __init__(self, env: WorkerEnv | None = None) -> None:
         self.rank, self.world = 0, 1
+        # one process alone (an ensemble member too) may share a GPU with others
         self.device = pick_device(env.local_rank if env else 0)
 
     @property
@@ -157,10 +172,13 @@ class DDP(Single):
     """Data parallel: gradients all-reduced by DistributedDataParallel (gloo / nccl)."""
 
     name = "ddp"
+    gpu_per_rank = True  # its collectives run over NCCL on a GPU (see pick_device)
 
     def __init__(self, env: WorkerEnv) -> None:
         super().__init__(env)
         self.rank, self.world = env.rank, env.world
+        self.device = pick_device(env.local_rank, env.local_world,
+                                  share=not self.gpu_per_rank)
         init_group(env, self.device)
         # the processes that train; None: all of them (a parameter server's are fewer)
         self.group: dist.ProcessGroup | None = None

@@ -11,6 +11,12 @@ the CLI starts, gateways, replicas hosted by Ray actors on the nodes).
 4. Bad input, each one clear error with nothing recorded and the deployment above still
    serving: a replica asking for more CPUs than any node has; a home whose metadata and
    artifacts are files of this machine; a cluster address where nothing answers.
+
+And what works unchanged with the replicas on Ray, each under client load with no failed
+request: a canary and a rollback; a shadow (every request mirrored to its replica, every
+client answered by the primary); a deployment following an alias, hot-swapped in place
+(same replica processes) within a reconcile tick of the alias moving; a deployment's own
+key requirement and rate limit.
 """
 
 from __future__ import annotations
@@ -245,7 +251,8 @@ def test_canary_and_rollback_work_unchanged_on_ray(
         assert register_tiny(store, seed=4) == 2
     finally:
         store.close()
-    _cli(shared, "scale", "tiny", "2", "--json")  # room on 6 CPUs for the new version's
+    # Room for the new version's replicas: two nodes of 2 CPUs live after the node kill.
+    _cli(shared, "scale", "tiny", "2", "--json")
     load = BackgroundLoad(deployed["url"], "tiny", concurrency=4)
     try:
         out = _cli(shared, "deploy", "tiny@2", "--canary", "tiny@1:30", "--backend", "ray",
@@ -262,6 +269,206 @@ def test_canary_and_rollback_work_unchanged_on_ray(
     assert 0.15 <= split.versions["1"] / split.ok <= 0.45, split.versions
     out = _cli(shared, "scale", "tiny", str(REPLICAS), "--json", "--timeout", "120")
     assert out["status"] == "ready" and len(out["replicas"]) == REPLICAS, out
+
+
+def _new_version(s: Settings, seed: int) -> int:
+    store = Store.open(s)
+    try:
+        return register_tiny(store, seed=seed)
+    finally:
+        store.close()
+
+
+def _spec(s: Settings) -> dict[str, Any]:
+    store = Store.open(s)
+    try:
+        return dict(store.meta.deployment("tiny").spec)
+    finally:
+        store.close()
+
+
+def _last_event(s: Settings) -> int:
+    store = Store.open(s)
+    try:
+        return store.meta.events(limit=1)[0].id
+    finally:
+        store.close()
+
+
+def _events(s: Settings, after: int) -> list[Any]:
+    """Deployment tiny's events since event ``after``, oldest first."""
+    store = Store.open(s)
+    try:
+        return store.meta.events(subject="tiny", after_id=after, limit=500)[::-1]
+    finally:
+        store.close()
+
+
+def _samples(url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """``(labels, value)`` of each sample of ``name`` on ``url``/metrics (open on gateways
+    and replicas alike, as Prometheus needs)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == name]
+
+
+def _mirrored(gateway_url: str, outcome: str) -> float:
+    """Copies of requests the gateway sent its shadow, by ``outcome`` (ok, error, dropped)."""
+    return sum(v for labels, v in _samples(gateway_url, "stratum_gateway_shadow_requests_total")
+               if labels.get("outcome") == outcome)
+
+
+def _predicts(replica_url: str) -> float:
+    """Predictions a replica answered with 200."""
+    return sum(v for labels, v in _samples(replica_url, "stratum_replica_requests_total")
+               if labels.get("code") == "200" and "predict" in labels.get("route", ""))
+
+
+def test_a_shadow_on_ray_gets_a_copy_and_answers_no_client(
+        shared: Settings, cluster: local.LocalCluster, deployed: dict[str, Any]) -> None:
+    """A shadow version's replica is placed on a node like any other; the gateway mirrors
+    every request to it and clients only ever get the primary's answers."""
+    import asyncio
+
+    primary, shadow = int(_spec(shared)["version"]), _new_version(shared, seed=5)
+    mark = _last_event(shared)
+    load = BackgroundLoad(deployed["url"], "tiny", concurrency=4)
+    try:
+        # One replica fewer makes room for the shadow's: two nodes of 2 CPUs are left
+        # after the node kill (the test after this one scales back).
+        t0 = time.monotonic()
+        out = _cli(shared, "deploy", f"tiny@{primary}", "--shadow", f"tiny@{shadow}",
+                   "--replicas", str(REPLICAS - 1), "--json", "--timeout", "120")
+        took = time.monotonic() - t0
+    finally:
+        during = load.stop()  # 0 failures while the shadow's replica started
+    # The room is made first: the surplus replica stops, then the shadow's starts, the
+    # first time (not after a start that waited for room in vain, 3 x connect_timeout_s).
+    seen = _events(shared, mark)
+    kinds = [e.kind for e in seen]
+    assert "replica.failed" not in kinds and kinds.count("replica.started") == 1, [
+        (e.ts.time().isoformat(), e.kind, e.payload) for e in seen]
+    (rep,) = [r for r in out["replicas"] if r["version"] == shadow]
+    assert rep["host"] in {n.ip for n in cluster.nodes} and rep["url"].startswith(
+        f"http://{rep['host']}:"), rep
+    assert {"version": shadow, "weight": 0, "shadow": True, "replicas": 1} in out["traffic"]
+    gw = deployed["url"]
+    before = (_predicts(rep["url"]), _mirrored(gw, "ok"))
+    split = asyncio.run(load_loop(deployed["url"], "tiny", 3.0, concurrency=4))
+    deadline = time.monotonic() + 10  # copies are fire and forget: let the last finish
+    while time.monotonic() < deadline and (
+            _mirrored(gw, "ok") - before[1] < split.ok
+            or _predicts(rep["url"]) - before[0] < split.ok):
+        time.sleep(0.2)
+    copies = _predicts(rep["url"]) - before[0]
+    gateway_ok = _mirrored(gw, "ok") - before[1]
+    print(f"\nshadow v{shadow} on {rep['host']}, deployed in {took:.1f} s: {split.ok} client "
+          f"requests answered by v{primary}, {copies:g} copies answered by the shadow")
+    assert during.failed == [] and split.failed == [], (during.failed[:5], split.failed[:5])
+    assert set(during.versions) == set(split.versions) == {str(primary)}, split.versions
+    assert split.ok > 50 and copies >= split.ok and gateway_ok >= split.ok, (
+        split.ok, copies, gateway_ok)
+    assert _mirrored(gw, "dropped") == 0
+
+
+def test_alias_following_hot_swaps_the_replicas_on_ray_in_place(
+        shared: Settings, deployed: dict[str, Any]) -> None:
+    """A deployment following ``production``: the alias moved under load, the supervisor
+    follows it within its poll and swaps the new version into the running replicas on
+    their nodes (same processes, no restart), with no failed request. A replica started
+    afterwards (scaled back to 4) serves the version followed."""
+    import asyncio
+
+    old, new = int(_spec(shared)["version"]), _new_version(shared, seed=6)
+    count = int(_spec(shared)["replicas"])
+    store = Store.open(shared)
+    try:
+        store.meta.set_alias("tiny", "production", old)
+        # Following drops the shadow of the test above: its replica drains and stops.
+        out = _cli(shared, "deploy", "tiny@production", "--follow", "--json", "--timeout",
+                   "120")
+        assert out["follows"] == "production" and out["status"] == "ready", out
+        before = {(r["id"], r["pid"], r["host"]) for r in out["replicas"]}
+        assert len(before) == count and {r["version"] for r in out["replicas"]} == {old}
+        mark = _last_event(shared)
+        load = BackgroundLoad(deployed["url"], "tiny", concurrency=4)
+        try:
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            store.meta.set_alias("tiny", "production", new)
+            followed = swapped = None
+            while time.monotonic() - t0 < 60:
+                if followed is None and _spec(shared)["version"] == new:
+                    followed = time.monotonic() - t0
+                reps = _observed(shared).get("replicas") or []
+                if followed is not None and len(reps) == count and all(
+                        r["version"] == new and r["state"] == "ready" for r in reps):
+                    swapped = time.monotonic() - t0
+                    break
+                time.sleep(0.1)
+            time.sleep(1.0)  # the gateway's next table: only the new version answers
+            after = asyncio.run(load_loop(deployed["url"], "tiny", 1.0, concurrency=4))
+        finally:
+            result = load.stop()
+    finally:
+        store.close()
+    events = _events(shared, mark)
+    print(f"\nproduction v{old} -> v{new}: followed in {followed} s, {count} replicas "
+          f"hot-swapped in {swapped} s; {result.ok} requests, {len(result.failed)} failed")
+    poll = shared.control.reconcile_interval_s
+    assert followed is not None and followed < poll + 3.0, followed  # a tick, and slack
+    assert swapped is not None, _observed(shared)
+    assert result.failed == [] and after.failed == [], (result.failed[:5], after.failed[:5])
+    assert set(result.versions) <= {str(old), str(new)} and result.versions[str(new)] > 0
+    assert set(after.versions) == {str(new)} and after.ok > 20, after.versions
+    # Swapped in place: the same replica processes on the same nodes, none started.
+    assert {(r["id"], r["pid"], r["host"]) for r in _observed(shared)["replicas"]} == before
+    kinds = [e.kind for e in events]
+    assert "replica.started" not in kinds and kinds.count("replica.swapped") == count, kinds
+    (follow,) = [e.payload for e in events if e.kind == "deployment.follow"]
+    assert follow == {"alias": "production", "from": old, "to": new}, follow
+    out = _cli(shared, "scale", "tiny", str(REPLICAS), "--json", "--timeout", "120")
+    assert out["follows"] == "production" and out["status"] == "ready", out
+    assert len(out["replicas"]) == REPLICAS and {r["version"] for r in out["replicas"]} == {new}
+
+
+def test_auth_and_rate_limit_of_a_deployment_on_ray(
+        shared: Settings, deployed: dict[str, Any]) -> None:
+    """The deployment's own key requirement and rate limit, in front of Ray-placed
+    replicas; turned off again, it serves openly."""
+    alice = _cli(shared, "keys", "create", "alice", "--scope", "predict", "--json")
+    bob = _cli(shared, "keys", "create", "bob", "--scope", "feedback", "--json")
+    out = _cli(shared, "deploy", "tiny@production", "--auth", "--rate-limit", "0.2",
+               "--rate-burst", "3", "--json", "--timeout", "120")
+    assert out["follows"] == "production" and out["status"] == "ready", out  # still follows
+    path = f"{deployed['url']}/v1/models/tiny:predict"
+    try:
+        assert httpx.post(path, json=SAMPLE, timeout=10).status_code == 401
+        assert httpx.post(path, json=SAMPLE, headers={"x-api-key": "sk_00_bad"},
+                          timeout=10).status_code == 401
+        r = httpx.post(path, json=SAMPLE, headers={"authorization": f"Bearer {bob['key']}"},
+                       timeout=10)
+        assert r.status_code == 403 and "predict" in r.json()["message"], r.text
+        auth = {"authorization": f"Bearer {alice['key']}"}
+        r = httpx.post(f"{deployed['url']}/v1/models/tiny/feedback", timeout=10,
+                       json={"request_id": "x", "label": 1}, headers=auth)
+        assert r.status_code == 403 and "feedback" in r.json()["message"], r.text
+        codes = [httpx.post(path, json=SAMPLE, headers=auth, timeout=10).status_code
+                 for _ in range(8)]
+        assert codes[:3] == [200] * 3 and 429 in codes[3:], codes
+        assert httpx.get(f"{deployed['url']}/v2/health/ready").status_code == 200
+    finally:
+        out = _cli(shared, "deploy", "tiny@production", "--no-auth", "--json")
+        _cli(shared, "keys", "revoke", alice["key_id"])
+        _cli(shared, "keys", "revoke", bob["key_id"])
+    assert out["follows"] == "production", out
+    deadline = time.monotonic() + 10  # the gateway gets the table at its next push
+    while time.monotonic() < deadline and not _serves(deployed["url"]):
+        time.sleep(0.2)
+    codes = [httpx.post(path, json=SAMPLE, timeout=10).status_code for _ in range(10)]
+    assert codes == [200] * 10, codes  # no key, and no limit any more
 
 
 def test_bad_input_is_refused_and_the_deployment_serves_on(

@@ -5,9 +5,13 @@ tests/integration/test_ray_train.py)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from stratum.cli.main import app
+from stratum.cluster import NodeInfo
 from stratum.config import Settings
 from stratum.errors import ClusterError, ConfigError, TrainingError
 from stratum.train.config import parse_config
@@ -67,3 +71,42 @@ def test_unreachable_cluster_is_a_clear_error(settings: Settings) -> None:
               dataset="d@x")
     with pytest.raises(ClusterError, match=r"127\.0\.0\.1:1"):
         RayLauncher(on_ray, 2).run(job)
+
+
+def node(ip: str, cpus: float, gpus: float = 0.0) -> NodeInfo:
+    return NodeInfo(node_id=ip, ip=ip, alive=True, head=False,
+                    resources={"CPU": cpus, **({"GPU": gpus} if gpus else {})})
+
+
+def test_gpu_workers_must_fit_on_the_nodes_gpus(settings: Settings) -> None:
+    two_gpu_nodes = [node("127.0.0.2", 2, 1), node("127.0.0.3", 2, 1)]
+    RayLauncher(settings, 2, gpus_per_worker=1)._check_resources(two_gpu_nodes)
+    RayLauncher(settings, 4, gpus_per_worker=0.5)._check_resources(two_gpu_nodes)
+    with pytest.raises(ConfigError, match=r"3 workers of 1 GPU need 3 GPUs .* room for 2 "):
+        RayLauncher(settings, 3, gpus_per_worker=1)._check_resources(two_gpu_nodes)
+    # a worker's GPUs all sit on its own node: two nodes of one GPU hold no 2-GPU worker
+    with pytest.raises(ConfigError, match=r"room for 0 such worker"):
+        RayLauncher(settings, 1, gpus_per_worker=2)._check_resources(two_gpu_nodes)
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.2: 0"):
+        RayLauncher(settings, 1, gpus_per_worker=1)._check_resources([node("127.0.0.2", 8)])
+    # the setting is the default; 0 asks for none and checks only CPUs
+    on_gpus = settings.model_copy(update={"cluster": settings.cluster.model_copy(
+        update={"train_gpus_per_worker": 1.0})})
+    assert RayLauncher(on_gpus, 2).gpus_per_worker == 1.0
+    RayLauncher(settings, 2)._check_resources([node("127.0.0.2", 2)])
+
+
+def test_the_controllers_handle_is_kept_and_is_no_attempt() -> None:
+    t = _Tracker(None)
+    handle = object()
+    t.take({"controller": handle})
+    assert t.controller is handle and t.attempts == 0 and not t.errors
+
+
+def test_gpus_per_worker_without_ray_is_refused_before_training(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[2] / "examples" / "digits.yaml"
+    out = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "train", str(config),
+                                   "--gpus-per-worker", "1"])
+    assert isinstance(out.exception, ConfigError), out.output
+    assert "--backend ray" in (out.exception.hint or "")
+    assert not (tmp_path / "home" / "runs").exists()  # no worker was started

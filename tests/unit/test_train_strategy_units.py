@@ -1,5 +1,6 @@
 """Fast tests of the strategies' pieces: client partitions, parameter placement, sharded
-checkpoints, the ensemble file and combiners, augmentation by config, search spaces."""
+checkpoints, the ensemble file and combiners, stacking's folds and meta-learner,
+augmentation by config, search spaces."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from stratum.data.augment import Augment
 from stratum.errors import ConfigError, IntegrityError
 from stratum.models import build_model
 from stratum.models import estimators as skl
-from stratum.models.ensemble import Member, combine, unpack
+from stratum.models.ensemble import Member, combine, stack_features, unpack
 from stratum.models.ensemble import pack as pack_members
 from stratum.store import LocalArtifactStore
 from stratum.train import checkpoint as ckpt
-from stratum.train import parse_config
+from stratum.train import parse_config, stacking
 from stratum.train.fedavg import label_skew
 from stratum.train.param_server import owner
 from stratum.train.registry import check_workers, processes
@@ -97,6 +98,51 @@ def test_soft_and_hard_voting() -> None:
     soft = combine("soft", [a, b, c], None, True, 2)
     assert soft.argmax(1).tolist() == [0, 1] and soft[0, 0] == pytest.approx(19 / 30)
     assert combine("hard", [a, b, c], None, True, 2).argmax(1).tolist() == [0, 1]
+
+
+def test_stacking_folds_cover_every_row_once_and_are_the_same_in_every_process() -> None:
+    y = np.repeat(np.arange(3), [30, 12, 8])
+    held = stacking.folds(y, 5, seed=4, classify=True)
+    assert sorted(np.concatenate(held).tolist()) == list(range(len(y)))
+    assert all(sorted(np.unique(y[h]).tolist()) == [0, 1, 2] for h in held)  # stratified
+    again = stacking.folds(y, 5, seed=4, classify=True)
+    assert [h.tolist() for h in held] == [h.tolist() for h in again]
+    assert len(stacking.folds(y, 10, seed=4, classify=True)) == 10  # 8 of class 2: shuffled
+    with pytest.raises(ConfigError, match="needs at least 5 training rows"):
+        stacking.folds(y[:4], 5, seed=0, classify=True)
+
+
+def test_out_of_fold_outputs_come_back_in_row_order_and_must_cover_every_row(
+        tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    y = np.arange(20) % 2
+    held = stacking.folds(y, 4, seed=0, classify=True)
+    for k, rows in enumerate(held):  # a "model" that answers its row number
+        store.put_bytes(stacking.fold_path("m", k),
+                        stacking.fold_bytes(rows, np.stack([rows, -rows], 1)))
+    oof = stacking.out_of_fold(store, "m", 4, 20)
+    assert oof[:, 0].tolist() == list(range(20))
+    with pytest.raises(IntegrityError, match="do not cover all 21 rows"):
+        stacking.out_of_fold(store, "m", 4, 21)
+
+
+def test_the_stacking_meta_learner_round_trips_and_scores_out_of_fold() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 120)
+    said = np.where(rng.random(120) < 0.9, y, (y + 1) % 3)  # a member right 9 times in 10
+    good, noise = np.eye(3)[said] * 0.8 + 0.1, rng.dirichlet(np.ones(3), 120)
+    features = stack_features([good, noise], True)
+    meta = skl.fit_estimator(skl.build_estimator("sklearn_logistic_cv", "classification", {},
+                                                 0), features, y)
+    back = skl.loads(skl.dumps(meta))  # skops, trusted types only
+    assert np.array_equal(combine("stacking", [good, noise], back, True, 3),
+                          combine("stacking", [good, noise], meta, True, 3))
+    held = stacking.folds(y, 5, seed=0, classify=True)
+    quick = skl.build_estimator("sklearn_logistic", "classification", {}, 0)  # 1 fit, not 50
+    cv = stacking.cross_validated(quick, features, y, held, True, 3).argmax(1)
+    assert (cv == said).mean() >= 0.95  # it learned to follow the member worth following
+    noise_only = stacking.cross_validated(quick, np.c_[noise, noise], y, held, True, 3)
+    assert (noise_only.argmax(1) == y).mean() < 0.6  # out of fold, noise stays noise
 
 
 def test_augment_by_config_is_seeded_and_fills_with_the_background() -> None:
