@@ -8,7 +8,9 @@
 Per run: each member's accuracy and the ensemble's on the test split (and, for stacking,
 out of fold over the train + validation rows), in correctly classified rows, and the
 paired counts against the best member (rows only the ensemble gets right / only the
-member does).
+member does); then the members best on the rows held out from training (validation, or
+out of fold for stacking: the member one would ship instead) and the paired counts of
+the ensemble against each of them on the test split, the issue's bar.
 
     .venv/bin/python bench/ensemble_seeds.py [--soft-seeds 0 3 6 9 12] [--stack-seeds 0 1 2 3 4]
 """
@@ -58,6 +60,11 @@ def run(store: Store, settings: Any, kind: str, seed: int) -> str:
         parts.append(f"{split} ({n} rows): members {right}, ensemble "
                      f"{round(whole[split]['accuracy'] * n)}; vs best member +"
                      f"{paired['only_ensemble']}/-{paired['only_member']}")
+    held, picks = whole["picked"]["on"], whole["picked"]["members"]
+    parts.append(f"best on {held} {[round(r[held]['accuracy'], 4) for r in rows]}: members "
+                 f"{picks}, vs them on test "
+                 + ", ".join(f"+{rows[i]['paired']['test']['only_ensemble']}"
+                             f"/-{rows[i]['paired']['test']['only_member']}" for i in picks))
     return f"{kind} seed {seed:>2}: " + " | ".join(parts) + \
         f" ({time.perf_counter() - t0:.0f} s)"
 

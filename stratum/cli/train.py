@@ -105,6 +105,12 @@ def train(
     for row in summary.get("members", []):  # an ensemble: every member beside the whole
         console.print(f"  member {row['index']} {row['model']} (seed {row['seed']}): "
                       + ", ".join(f"{k}={v:.4f}" for k, v in row["test"].items()))
+    picked = summary.get("ensemble", {}).get("picked")
+    if picked:  # what the ensemble is worth: the member one would ship without it
+        console.print(f"  best member on {picked['on']} (not on test): "
+                      + ", ".join(str(i) for i in picked["members"]) + "; ensemble "
+                      + f"{picked['metric']}={summary['ensemble']['test'][picked['metric']]:.4f}"
+                      + " on test")
     for r in summary.get("restarts", []):
         who = "a worker" if r.get("rank") is None else f"rank {r['rank']}"
         again = "" if r.get("recover_s") is None else \

@@ -131,6 +131,9 @@ class ControlSettings(BaseModel):
     autoscale_window_s: float = Field(3.0, gt=0)
     autoscale_target_inflight: float = Field(8.0, gt=0)
     scale_down_cooldown_s: float = Field(60.0, ge=0)
+    # Audit records older than this are deleted by the leader, hourly (control.retention);
+    # 0 keeps them forever.
+    audit_retention_days: int = Field(90, ge=0)
     http: ControlHttpLimits = Field(default_factory=lambda: ControlHttpLimits())
     tls: TlsSettings = Field(default_factory=lambda: TlsSettings())
 

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
 
 from stratum.config import Settings
+from stratum.control.apidocs import add_docs
 from stratum.control.audit import AuditTrail, Note, audit_note, spec_change
 from stratum.control.autoscale import Scaling
 from stratum.control.autoscaler import Autoscaler
@@ -35,6 +36,7 @@ from stratum.control.observe import add_routes as add_observe_routes
 from stratum.control.openapi import describe_api
 from stratum.control.placement import placed_spec
 from stratum.control.procs import port_free
+from stratum.control.retention import AuditRetention
 from stratum.control.spec import (
     DeploymentSpec,
     autoscale_notice,
@@ -163,6 +165,8 @@ def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None 
                 on_ready()
             tasks.append(asyncio.create_task(sup.run()))
             tasks.append(asyncio.create_task(Autoscaler(settings, meta, sup).run()))
+            tasks.append(asyncio.create_task(AuditRetention(
+                settings.control, AuditLog(meta), sup.metrics).run()))
             if settings.monitor.alerts:  # the alert rules, evaluated here (control.observe)
                 tasks.append(asyncio.create_task(Alerting(settings, sup, meta).run()))
 
@@ -192,8 +196,11 @@ def create_app(settings: Settings, on_ready: Any = None, *, lease: Lease | None 
         finally:  # refused callers are recorded too, as far as they are known
             audit_note(request).actor = keys.actor(key)
 
-    app = FastAPI(title="Stratum control plane", lifespan=lifespan)
+    # FastAPI's own docs pages load from CDNs: ours are served from the package (apidocs).
+    app = FastAPI(title="Stratum control plane", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     describe_api(app)  # the completed /openapi.json; 422s in Stratum's error shape
+    add_docs(app)  # /docs: Swagger UI, self-hosted, as public as /openapi.json
     app.add_middleware(AuditTrail, auditor=Auditor("control", AuditLog(meta)))
     app.add_middleware(StandbyRedirect, role=role)  # outermost: a standby audits nothing
     guarded = [Depends(admin)]

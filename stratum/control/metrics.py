@@ -46,6 +46,7 @@ class ControlMetrics:
         self.alerts = c.CONTROL_ALERTS.counter(r)
         self.firing = c.CONTROL_FIRING.gauge(r)
         self.scrapes = c.CONTROL_SCRAPES.counter(r)
+        self.audit_pruned = c.CONTROL_AUDIT_PRUNED.counter(r)  # control.retention
         self._replicas = c.CONTROL_REPLICAS.gauge(r)
         self._wanted = c.CONTROL_WANTED.gauge(r)
         self._ready = c.CONTROL_READY.gauge(r)

@@ -113,6 +113,7 @@ class Reconciler:
         if not same:
             st.start_failures.clear()
             st.next_start.clear()
+            st.give_ups.clear()
 
     # -- what was observed -------------------------------------------------------------------
     def past_ready_deadline(self, r: Replica) -> bool:
@@ -194,14 +195,24 @@ class Reconciler:
     # -- what to do --------------------------------------------------------------------------
     def give_up(self, st: DeploymentState, spec: DeploymentSpec) -> GiveUp | None:
         """A version that never got ready after ``start_attempts`` starts: revert the wanted
-        state to what still serves (or, on a first deploy, stop trying)."""
+        state to what still serves (or, on a first deploy, stop trying). With nothing to
+        revert to, the spec keeps wanting the version: that is said once per generation,
+        not every tick (a revert ends the generation, so it is said again only if the
+        revert could not be written)."""
         for version in spec.versions():
             if version in st.good_versions or \
                     st.start_failures[version] < self.cfg.start_attempts:
                 continue
-            reason = (st.last_error or {}).get("message", "it never became ready")
             serving = {r.version for r in st.replicas.values() if r.state == "ready"}
             back = fallback(spec, version, serving)
+            before = st.give_ups.get(version)
+            if back is None and before is not None and before[0] == st.generation:
+                continue
+            # A generation that wants it again without new attempts (a scale) fails with
+            # the same error, not with the previous give-up's message wrapped in another.
+            reason = before[1] if before else (st.last_error or {}).get(
+                "message", "it never became ready")
+            st.give_ups[version] = (st.generation, reason)
             outcome = "kept serving the current version" if back else "gave up"
             st.last_error = {"generation": st.generation, "version": version,
                              "message": f"v{version} of {spec.model} failed to start "

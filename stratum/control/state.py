@@ -73,6 +73,9 @@ class DeploymentState:
     next_start: dict[int | str, float] = field(default_factory=dict)
     good_versions: set[int] = field(default_factory=set)
     given_up: set[int] = field(default_factory=set)  # versions that never got ready
+    # Version → (the generation that gave it up, the error it failed with): a give-up is
+    # said once per generation, not every tick; cleared with ``start_failures``.
+    give_ups: dict[int, tuple[int, str]] = field(default_factory=dict)
     last_error: dict[str, Any] | None = None
     last_observed: dict[str, Any] | None = None
     seq: int = 0

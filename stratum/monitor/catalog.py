@@ -157,6 +157,8 @@ CONTROL_FIRING = _g("stratum_control_alerts_firing",
 CONTROL_SCRAPES = _c("stratum_control_scrapes_total",
                      "Scrapes of the deployment's processes by the built-in evaluator",
                      "component", "outcome")
+CONTROL_AUDIT_PRUNED = _c("stratum_control_audit_pruned_total",
+                          "Audit records deleted as older than control.audit_retention_days")
 
 # -- online learner -------------------------------------------------------------------------
 LEARNER_LAG = _g("stratum_learner_queue_lag_messages",

@@ -12,6 +12,10 @@ are key *ids*, and detail keys that name a secret are masked before writing.
     log.write(AuditEntry("key:3fa1 ops", "127.0.0.1:50312", "control", "scale", "mnist",
                          200, {"before": {"replicas": 2}, "after": {"replicas": 4}}))
     log.entries(action="scale", limit=10)
+    log.prune(before=utcnow() - timedelta(days=90))  # retention: the leader, hourly
+
+Records are kept until pruned; the leading control plane prunes those older than
+``control.audit_retention_days`` (``control.retention``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, delete, select
 
 from stratum.store.db import session_factory
 from stratum.store.metadata import MetadataStore
@@ -34,6 +38,9 @@ from stratum.store.models import AuditRecord
 log = logging.getLogger("stratum.audit")
 
 COMPONENTS = ("control", "gateway", "replica", "cli")
+# Rows per DELETE when pruning: each batch is its own short transaction, so the writers
+# (every admin action) never wait long behind retention.
+PRUNE_BATCH = 1000
 # Detail keys whose values are never stored, whatever a caller puts there.
 _SECRET_WORDS = ("secret", "token", "password", "hash")
 
@@ -90,6 +97,22 @@ class AuditLog:
             rows = s.scalars(q.order_by(AuditRecord.id.desc()).limit(limit))
             return [AuditEntry(r.actor, r.source, r.component, r.action, r.target, r.outcome,
                                r.detail or {}, _aware(r.ts), r.id) for r in rows]
+
+    def prune(self, before: datetime, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete the records older than ``before``, at most ``batch`` per transaction;
+        returns how many went."""
+        cutoff, gone = _aware(before), 0
+        while True:
+            # The ts index finds a batch; ``id IN (... LIMIT n)`` bounds a DELETE on SQLite
+            # and PostgreSQL alike (neither takes DELETE ... LIMIT portably).
+            oldest = select(AuditRecord.id).where(AuditRecord.ts < cutoff).limit(batch)
+            with self._sessions() as s, s.begin():
+                res = s.execute(delete(AuditRecord).where(AuditRecord.id.in_(oldest))
+                                .execution_options(synchronize_session=False))
+                n = int(getattr(res, "rowcount", 0) or 0)
+            gone += n
+            if n < batch:
+                return gone
 
 
 class Auditor:

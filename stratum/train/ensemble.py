@@ -239,7 +239,8 @@ class EnsemblePlan:
                 row["val"] = self._score(out, yv)
                 self._paired(row, "test", test_ens, test_member, yt)
             return self._combined(members, None, rows, {"val": self._score(val_ens, yv),
-                                                        "test": self._score(test_ens, yt)})
+                                                        "test": self._score(test_ens, yt),
+                                                        "picked": self._pick(rows, "val")})
         # stacking: the members were refit on train + val, so "val" would be in-sample; each
         # member and the stack are scored out of fold over those rows instead ("cv")
         assert self.cfg.ensemble is not None
@@ -259,7 +260,18 @@ class EnsemblePlan:
             self._paired(row, "test", test_ens, test_member, yt)
         return self._combined(members, meta, rows, {
             "cv": self._score(cv_ens, y_all), "test": self._score(test_ens, yt), "folds": k,
-            "rows": len(y_all)})
+            "rows": len(y_all), "picked": self._pick(rows, "cv")})
+
+    def _pick(self, rows: list[dict[str, Any]], held: str) -> dict[str, Any]:
+        """The member one would ship instead of the ensemble: the best on the rows held out
+        from training (``val``, or ``cv`` out of fold), never on the test split. Picking on
+        the test rows would hand the member the best of several measurements of the same
+        few rows, a bias no ensemble of similar members can make up. Every member
+        tied for best is named; the ensemble is compared with each on the test split."""
+        key, sign = ("accuracy", 1.0) if self.classify else ("mse", -1.0)
+        best = max(sign * r[held][key] for r in rows)
+        return {"on": held, "metric": key,
+                "members": [r["index"] for r in rows if sign * r[held][key] == best]}
 
     def _paired(self, row: dict[str, Any], split: str, ensemble: np.ndarray,
                 member: np.ndarray, y: np.ndarray) -> None:

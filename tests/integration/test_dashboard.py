@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -42,8 +43,10 @@ from tests.services import free_port, missing_service
 pytestmark = pytest.mark.integration
 
 CHROMIUM = "/usr/bin/chromium"
+DOCS_HOST = "stratum.test"  # the control plane by a name that is not localhost (api docs)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--host-resolver-rules=MAP {DOCS_HOST} 127.0.0.1"]
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 EVIL = '<script>alert("x")</script>'  # a column name: it must render as text
 
@@ -345,6 +348,57 @@ def test_actions_need_the_session_and_its_csrf_token(system: System) -> None:
         page = c.get("/ui/deployments/tabular")
         assert "default-src 'self'" in page.headers["content-security-policy"]
         assert page.headers["x-frame-options"] == "DENY"
+
+
+def test_the_api_docs_render_offline(browser: Any, system: System) -> None:
+    """The control plane's /docs (Swagger UI, served from the package) in Chromium, by a
+    host name that is not localhost (Swagger UI skips its online validator only for
+    localhost): every operation of /openapi.json is drawn, "Try it out" on /health gets
+    its answer, no console error, and no request goes to another host (any that tried is
+    recorded and refused before it leaves)."""
+    url = urlsplit(system.url)
+    assert url.hostname == "127.0.0.1", system.url
+    origin = f"{DOCS_HOST}:{url.port}"
+    base = f"{url.scheme}://{origin}"
+    document = httpx.get(system.url + "/openapi.json", timeout=10).json()
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    operations = sum(1 for item in document["paths"].values() for m in item if m in methods)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def only_here(route: Any) -> None:
+        if urlsplit(route.request.url).netloc == origin:
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    try:
+        ctx.route("**/*", only_here)
+        page = ctx.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        response = page.goto(base + "/docs", wait_until="load")  # no login: it is public
+        assert response is not None and response.status == 200
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        assert page.locator(".swagger-ui .opblock").count() == operations >= 10
+        assert "Stratum control plane" in page.inner_text(".swagger-ui .info .title")
+        assert page.locator(".swagger-ui .btn.authorize").count() == 1  # the admin schemes
+        health = page.locator(".opblock-get", has=page.locator('[data-path="/health"]'))
+        health.locator(".opblock-summary").click()
+        health.locator("button.try-out__btn").click()
+        health.locator("button.execute").click()
+        answer = health.locator(".live-responses-table .response .response-col_status")
+        answer.wait_for(timeout=15_000)
+        assert answer.inner_text().strip() == "200"
+        assert '"role": "leader"' in health.locator(".live-responses-table").inner_text()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "api-docs.png"), full_page=True)
+        assert not errors, f"/docs: console errors {errors}"
+        assert not elsewhere, f"/docs asked other hosts: {elsewhere}"
+    finally:
+        ctx.close()
 
 
 def test_a_run_in_training_shows_its_workers_and_a_restart(page: Page, system: System,

@@ -363,6 +363,49 @@ def test_a_broken_deployment_does_not_stop_the_others_being_reconciled(
         store.close()
 
 
+def test_a_first_deploy_that_never_starts_is_said_to_fail_once_per_generation(
+        cluster: Cluster) -> None:
+    # Written to the store, not through the API: the audit test below counts deploys.
+    spec = {**cluster.deployment()["spec"], "ref": "3", "version": 3, "replicas": 1,
+            "port": free_port(), "canary": None, "shadow": None, "previous": None,
+            "follow": None, "autoscale": None}
+    store = Store.open(cluster.settings)
+
+    def failed(generation: int) -> list[Any]:
+        dep: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            dep = cluster.deployment("broken")
+            err = dep["observed"].get("last_error") or {}
+            if dep["observed"].get("status") == "failed" and err.get("generation") == generation:
+                time.sleep(2.0)  # about 6 more ticks, each of which used to say it again
+                return [e for e in store.meta.events(subject="broken", limit=1000)
+                        if e.kind == "deployment.update_failed"]
+            time.sleep(0.3)
+        raise AssertionError(f"generation {generation} never failed: {dep['observed']}")
+
+    gateways: list[int] = []
+    try:
+        first = store.meta.put_deployment("broken", spec).generation
+        (once,) = failed(first)
+        assert "v3" in once.payload["message"] and "failed to start" in once.payload["message"]
+        gateways = [g["pid"] for g in cluster.deployment("broken")["observed"]["gateways"]]
+        # A scale wants the same version: nothing is tried again, but the new generation
+        # hears the failure (what `stratum scale` waits for), once, with the same error.
+        second = store.meta.put_deployment("broken", {**spec, "replicas": 2}).generation
+        later, again = failed(second)  # newest first
+        assert later.payload["generation"] == second and again.payload["generation"] == first
+        assert later.payload["message"] == again.payload["message"]
+    finally:
+        store.meta.delete_deployment("broken")
+        store.close()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in gateways) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in gateways)
+    assert cluster.predict().status_code == 200
+
+
 def test_a_busy_port_is_a_clear_error(cluster: Cluster) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -439,8 +482,9 @@ def test_two_deployments_share_one_gateway_port(cluster: Cluster) -> None:
     assert httpx.post(twin_url, json=SAMPLE, timeout=10).status_code == 401
     codes = [httpx.post(twin_url, json=SAMPLE, headers=key, timeout=10).status_code
              for _ in range(10)]
-    # Each of the port's two gateways keeps its own buckets: at most 3 pass on each.
-    assert set(codes) == {200, 429} and 3 <= codes.count(200) <= 6, codes
+    # The port's two gateways share the buckets: 3 pass in all (a 4th if the ten took
+    # over 5 s), not 3 on each.
+    assert set(codes) == {200, 429} and 3 <= codes.count(200) <= 4, codes
     assert all(cluster.predict().status_code == 200 for _ in range(10))  # no key, no limit
     cluster.cli("keys", "revoke", carol["key_id"])
 

@@ -19,6 +19,7 @@ start a process; its deletes, rollbacks and scales reach the store and answer 40
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from stratum.config import Settings, load_settings
+from stratum.control import apidocs
 from stratum.security.keys import generate_key, hash_key
 from stratum.security.tokens import REPLICA_SECRET_ENV
 from stratum.store import Store
@@ -211,6 +213,41 @@ def test_the_documents_are_public(replica_server: Server, gateway_server: Server
         r = httpx.get(srv.url + "/openapi.json", timeout=5)
         assert r.status_code == 200 and r.json()["openapi"] == "3.1.0", srv.name
         assert r.headers["content-type"].startswith("application/json")
+
+
+def test_the_control_plane_docs_are_self_hosted(control_server: Server) -> None:
+    """/docs (Swagger UI) names no other host: its script, style and icon come from this
+    server, as the files vendored in the package. It is as public as /openapi.json, and
+    what it calls still wants the admin key."""
+    url = control_server.url
+    page = httpx.get(url + "/docs", timeout=5)  # no credentials
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "http://" not in html and "https://" not in html, html
+    assert '"validatorUrl": null' in html  # no badge fetched from validator.swagger.io
+    refs = re.findall(r'<(?:script|link)\b[^>]*?\b(?:src|href)="([^"]*)"', html)
+    wanted = {"swagger-ui-bundle.js": ("text/javascript", "application/javascript"),
+              "swagger-ui.css": ("text/css",), "favicon-32x32.png": ("image/png",)}
+    assert sorted(r.rsplit("/", 1)[-1] for r in refs) == sorted(wanted), refs
+    for ref in refs:
+        assert ref.startswith("/") and not ref.startswith("//"), ref  # this origin
+        asset = httpx.get(url + ref, timeout=5)
+        name = ref.rsplit("/", 1)[-1]
+        assert asset.status_code == 200, (ref, asset.status_code)
+        assert asset.headers["content-type"].split(";")[0] in wanted[name], asset.headers
+        assert asset.headers["x-content-type-options"] == "nosniff"
+        assert asset.content == (apidocs.STATIC / name).read_bytes()  # the vendored file
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "connect-src 'self'" in policy, policy
+    assert "https:" not in policy and "*" not in policy, policy
+    assert page.headers["x-frame-options"] == "DENY"
+    redirect = httpx.get(url + "/docs/oauth2-redirect", timeout=5)
+    assert redirect.status_code == 200 and "https://" not in redirect.text
+    assert httpx.get(url + "/redoc", timeout=5).status_code == 404  # ReDoc: not served
+    # The admin API behind the page is as closed as before.
+    assert httpx.get(url + "/deployments", timeout=5).status_code == 401
+    assert httpx.get(url + "/deployments", headers=control_server.headers,
+                     timeout=5).status_code == 200
 
 
 def test_replica(replica_server: Server) -> None:

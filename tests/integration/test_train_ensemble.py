@@ -59,6 +59,20 @@ def within_noise_of_the_best(rows: list[dict[str, Any]], split: str) -> tuple[st
             only_best - only_ens <= 2 * math.sqrt(only_ens + only_best))
 
 
+def at_least_the_member_picked_on(held: str, rows: list[dict[str, Any]],
+                                  whole: dict[str, Any]) -> tuple[str, bool]:
+    """The issue's bar, the ensemble >= its best member on the test split, with the best
+    member picked as one would ship it: on the rows held out from training (``held``),
+    not on the test rows it is then scored on. Every member tied for best must be matched."""
+    scores = [r[held]["accuracy"] for r in rows]
+    picks = [r["index"] for r, a in zip(rows, scores, strict=True) if a == max(scores)]
+    assert whole["picked"] == {"on": held, "metric": "accuracy", "members": picks}
+    ens = whole["test"]["accuracy"]
+    return (f"picked on {held} {[round(a, 4) for a in scores]}: members {picks} at "
+            f"{[rows[i]['test']['accuracy'] for i in picks]} on test, the ensemble {ens:.4f}",
+            all(ens >= rows[i]["test"]["accuracy"] for i in picks))
+
+
 @pytest.fixture(scope="module")
 def soft(home: Settings, store: Store) -> m.ModelVersion:
     """Three mlps of examples/digits.yaml (seeds 0, 1, 2), soft voting, 2 processes."""
@@ -69,18 +83,21 @@ def soft(home: Settings, store: Store) -> m.ModelVersion:
 
 def test_soft_voting_of_three_seeds_against_its_members(store: Store,
                                                         soft: m.ModelVersion) -> None:
-    """The issue's bar, soft voting >= the best member, is not asserted: three mlps trained
-    on the same rows agree on all but a few of the 179 test images, so the comparison is
-    decided by one image either way (bench/ensemble_seeds.py: behind by one in 2 of 7 seed
-    triples; docs/training.md). What holds at every seed measured is asserted: the vote is
-    never worse than the best member beyond the noise of a paired comparison."""
+    """Soft voting >= the best member, picked on the validation split, on the test split.
+    Against the member best on the test split itself the vote is only asserted within the
+    noise of a paired comparison: the three agree on all but a few of the 179 test images,
+    and the best of three measurements of the same rows is one image ahead of the vote in
+    2 of 7 seed triples (bench/ensemble_seeds.py, docs/training.md)."""
     rows = members(store, soft)
+    whole = store.meta.run(soft.run_id or "").summary["ensemble"]
     scores = [r["test"]["accuracy"] for r in rows]
+    picked, bar = at_least_the_member_picked_on("val", rows, whole)
     versus, ok = within_noise_of_the_best(rows, "test")
     print(f"\nmembers (seeds {[r['seed'] for r in rows]}) {scores}, soft voting "
-          f"{soft.metrics['accuracy']:.4f}; vs the best member {versus}")
+          f"{soft.metrics['accuracy']:.4f}; {picked}; vs the best on test {versus}")
     assert [r["seed"] for r in rows] == [0, 1, 2]
-    assert ok
+    assert whole["test"]["accuracy"] == soft.metrics["accuracy"]
+    assert bar and ok
     assert soft.spec["framework"] == "ensemble" and soft.spec["params"]["combine"] == "soft"
     assert store.meta.aliases("digits-soft")["candidate"] == soft.version  # ONE version
     assert len(store.meta.model_versions("digits-soft")) == 1
@@ -103,11 +120,11 @@ def test_stacking_logistic_forest_mlp_on_breast_cancer(home: Settings, store: St
     """The meta-learner is fitted on the members' out-of-fold outputs (5 folds over the
     train and validation rows); the members are then refit on all of those rows.
 
-    The issue's bar, stacking >= the best member on the 57-row test split, is not asserted:
-    it is decided by one row that only the random forest gets right, while out of fold
-    over 512 rows the forest is the weakest member (bench/ensemble_seeds.py,
-    docs/training.md). Asserted: out of fold and on the test split, stacking is never worse
-    than the best member beyond the noise of a paired comparison."""
+    The issue's bar: stacking >= the best member on the test split, that member picked out
+    of fold over the 512 rows, not on the 57 test rows. Against the member best on the test
+    split itself, decided by one row only the random forest (the weakest out of fold) gets
+    right at some seeds, and out of fold, stacking is asserted within the noise of a paired
+    comparison (bench/ensemble_seeds.py, docs/training.md)."""
     cfg = example("breast_cancer", name="bc-stacking", strategy="ensemble", workers=2,
                   ensemble={"combine": "stacking", "members": [
                       {}, {"model": {"name": "random_forest"}}, {"model": {"name": "mlp"}}]})
@@ -115,16 +132,17 @@ def test_stacking_logistic_forest_mlp_on_breast_cancer(home: Settings, store: St
     rows = members(store, mv)
     whole = store.meta.run(mv.run_id or "").summary["ensemble"]
     ds = open_dataset(store, "breast_cancer")
+    picked, bar = at_least_the_member_picked_on("cv", rows, whole)
     cv_versus, cv_ok = within_noise_of_the_best(rows, "cv")
     test_versus, test_ok = within_noise_of_the_best(rows, "test")
     print(f"\nout of fold over {whole['rows']} rows: members "
           f"{[round(r['cv']['accuracy'], 4) for r in rows]}, stacking "
           f"{whole['cv']['accuracy']:.4f}, vs the best {cv_versus}; test split: members "
           f"{[round(r['test']['accuracy'], 4) for r in rows]}, stacking "
-          f"{mv.metrics['accuracy']:.4f}, vs the best {test_versus}")
+          f"{mv.metrics['accuracy']:.4f}, vs the best {test_versus}; {picked}")
     assert [r["framework"] for r in rows] == ["torch", "sklearn", "torch"]
     assert whole["rows"] == len(ds.load("train")[1]) + len(ds.load("val")[1])
-    assert cv_ok and test_ok
+    assert bar and cv_ok and test_ok
     # rebuilt from the registry alone, the version answers as fit measured it
     loaded = load_model(store.meta, store.artifacts, "bc-stacking", None)
     x, y = ds.load("test")

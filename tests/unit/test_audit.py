@@ -18,13 +18,16 @@ import orjson
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text, update
 from typer.testing import CliRunner
 
 import stratum.store.db
 from stratum.cli.audit import parse_since
 from stratum.cli.main import app
-from stratum.config import Settings
+from stratum.config import Settings, load_settings
+from stratum.config.settings import ControlSettings
+from stratum.control.metrics import ControlMetrics
+from stratum.control.retention import AuditRetention
 from stratum.errors import AuthError, ConfigError
 from stratum.gateway import Gateway, GroupSpec, PoolSpec, RoutesSpec
 from stratum.security.access import KeyChecker
@@ -32,6 +35,7 @@ from stratum.security.keys import generate_key, hash_key
 from stratum.store import MetadataStore, Store
 from stratum.store.audit import AuditEntry, AuditLog, Auditor
 from stratum.store.db import current_revision, head_revision, make_engine
+from stratum.store.models import AuditRecord
 
 STRATUM = str(Path(sys.executable).with_name("stratum"))
 
@@ -115,6 +119,86 @@ def test_a_flood_of_refusals_is_coalesced_and_counted(meta: MetadataStore) -> No
     assert got == [("10.0.0.7:40000", 401, {}), ("10.0.0.8:1", 401, {}),
                    ("127.0.0.1:2", 200, {}), ("127.0.0.1:3", 200, {}),
                    ("10.0.0.7:41000", 401, {"repeated": 49})]
+
+
+def _aged(meta: MetadataStore, days: float, actions: set[str]) -> None:
+    """Backdate the records of ``actions`` by ``days``, as if written then."""
+    with meta.engine.begin() as conn:
+        conn.execute(update(AuditRecord).where(AuditRecord.action.in_(actions))
+                     .values(ts=datetime.now(UTC) - timedelta(days=days)))
+
+
+def test_prune_deletes_only_older_records_in_bounded_batches(meta: MetadataStore) -> None:
+    log = AuditLog(meta)
+    for action in ("old1", "old2", "old3", "edge", "new1", "new2"):
+        log.write(_entry("supervisor", action))
+    _aged(meta, 100, {"old1", "old2", "old3"})
+    _aged(meta, 89, {"edge"})  # inside 90 days: kept
+    deletes: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("DELETE"):
+            deletes.append(statement)
+
+    event.listen(meta.engine, "before_cursor_execute", seen)
+    try:
+        gone = log.prune(datetime.now(UTC) - timedelta(days=90), batch=2)
+    finally:
+        event.remove(meta.engine, "before_cursor_execute", seen)
+    assert gone == 3
+    assert len(deletes) == 2 and all("LIMIT" in d.upper() for d in deletes), deletes  # 2 + 1
+    assert sorted(e.action for e in log.entries()) == ["edge", "new1", "new2"]
+    assert log.prune(datetime.now(UTC) - timedelta(days=90)) == 0
+
+
+def test_the_leader_prunes_by_control_audit_retention_days(
+        meta: MetadataStore, caplog: pytest.LogCaptureFixture) -> None:
+    log, metrics = AuditLog(meta), ControlMetrics()
+    for action in ("ancient", "stale", "recent"):
+        log.write(_entry("key:aa11 ops", action))
+    _aged(meta, 3650, {"ancient"})
+    _aged(meta, 31, {"stale"})
+    _aged(meta, 29, {"recent"})
+
+    forever = AuditRetention(ControlSettings(audit_retention_days=0), log, metrics)
+    assert asyncio.run(forever.prune()) == 0
+    assert len(log.entries()) == 3  # 0 keeps everything, however old
+
+    keep30 = AuditRetention(ControlSettings(audit_retention_days=30), log, metrics)
+    with caplog.at_level(logging.INFO, logger="stratum.control.retention"):
+        assert asyncio.run(keep30.prune()) == 2
+    assert [e.action for e in log.entries()] == ["recent"]
+    assert "audit log: pruned 2 records older than 30 days" in caplog.text
+    assert metrics.registry.get_sample_value("stratum_control_audit_pruned_total") == 2
+
+    async def leading() -> list[str]:
+        # The leader's task: a pass at once, then one every every_s.
+        task = asyncio.create_task(AuditRetention(
+            ControlSettings(audit_retention_days=30), log, metrics, every_s=0.2).run())
+        try:
+            await asyncio.sleep(0.1)
+            log.write(_entry("supervisor", "later"))
+            _aged(meta, 45, {"later"})
+            for _ in range(50):  # counted once the pass is over, after the delete
+                await asyncio.sleep(0.1)
+                if metrics.registry.get_sample_value(
+                        "stratum_control_audit_pruned_total") == 3:
+                    break
+            return [e.action for e in log.entries()]
+        finally:
+            task.cancel()
+
+    assert asyncio.run(leading()) == ["recent"]
+    assert metrics.registry.get_sample_value("stratum_control_audit_pruned_total") == 3
+
+
+def test_audit_retention_is_a_control_setting(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ControlSettings().audit_retention_days == 90
+    monkeypatch.setenv("STRATUM_CONTROL__AUDIT_RETENTION_DAYS", "0")
+    assert load_settings(home=tmp_path / "home").control.audit_retention_days == 0
+    with pytest.raises(ValueError, match="audit_retention_days"):
+        ControlSettings(audit_retention_days=-1)
 
 
 def test_an_existing_0002_database_upgrades(db_url: str) -> None:

@@ -260,18 +260,60 @@ def test_a_version_that_never_starts_reverts_to_the_one_serving() -> None:
     assert "ImportError" in give_up.event.payload["message"]
 
 
-def test_a_first_deploy_that_never_starts_fails_and_stops_trying() -> None:
+def first_deploy_crashed(error: str) -> tuple[Reconciler, Clock, DeploymentSpec,
+                                         DeploymentState]:
+    """A first deploy of v1, one replica, allowed one start, whose replica died."""
     rec, clock = setup(ControlSettings(start_attempts=1))
     v1 = spec(version=1, replicas=1)
     st = deployed(rec, v1)
     (start,) = rec.to_start(st, v1)
     rec.started(st, start, port=next(_numbers), pid=next(_numbers))
-    rec.replica_exited(st, st.replicas[start.id], 1, "")
+    rec.replica_exited(st, st.replicas[start.id], 1, error)
+    return rec, clock, v1, st
+
+
+def test_a_first_deploy_that_never_starts_fails_and_stops_trying() -> None:
+    rec, clock, v1, st = first_deploy_crashed("")
     give_up = rec.give_up(st, v1)
     assert give_up is not None and give_up.fallback is None
     clock.advance(10_000)
     assert rec.to_start(st, v1) == []
     assert observed(st, v1, False, "127.0.0.1")[0] == "failed"
+
+
+def test_a_give_up_is_said_once_per_generation_not_every_tick() -> None:
+    rec, clock, v1, st = first_deploy_crashed("ImportError: no module named nope")
+    first = rec.give_up(st, v1)
+    assert first is not None and first.event.kind == "deployment.update_failed"
+    said = dict(first.event.payload)
+    for _ in range(50):  # later ticks: the spec still wants v1, nothing more is said
+        clock.advance(1.0)
+        assert rec.give_up(st, v1) is None and rec.to_start(st, v1) == []
+    assert st.last_error == said
+    assert observed(st, v1, False, "127.0.0.1")[0] == "failed"
+
+    # A new generation of the same versions (a scale) makes no new attempt, but hears
+    # the failure once for itself (`stratum scale` waits on it), with the same error.
+    rec.wanted(st, spec(version=1, replicas=2), 2)
+    again = rec.give_up(st, spec(version=1, replicas=2))
+    assert again is not None and again.event.payload["generation"] == 2
+    assert again.event.payload["message"] == said["message"]
+    assert rec.give_up(st, spec(version=1, replicas=2)) is None
+
+    # A new deploy that wants it again tries afresh and can give up again.
+    v1_canary = spec(version=1, replicas=1, canary={"ref": "2", "version": 2, "percent": 10})
+    rec.wanted(st, v1_canary, 3)
+    starts = rec.to_start(st, v1_canary)
+    assert sorted(s.version for s in starts) == [1, 2]
+    for s in starts:
+        rec.started(st, s, port=next(_numbers), pid=next(_numbers))
+    v1_replica = next(r for r in st.replicas.values() if r.version == 1)
+    rec.replica_exited(st, v1_replica, 1, "MemoryError")
+    third = rec.give_up(st, v1_canary)
+    assert third is not None and third.version == 1 and third.fallback is None
+    assert third.event.payload["generation"] == 3 and "MemoryError" in \
+        third.event.payload["message"]
+    assert rec.give_up(st, v1_canary) is None
 
 
 def test_an_undeployed_deployment_stops_everything_without_draining() -> None:
