@@ -97,6 +97,12 @@ class GatewaySettings(BaseModel):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     # Token-bucket depth per key; None → one second's worth of rate_limit_per_s.
     rate_limit_burst: float | None = Field(None, gt=0)
+    # Where the buckets of both limits (the gateway's, each deployment's) live. None: a
+    # table under the home that this host's gateways share; redis://HOST:PORT/DB: that
+    # Redis, for gateways on several hosts (falls back to the host's table, failing open,
+    # when Redis does not answer within rate_limit_timeout_s).
+    rate_limit_url: str | None = None
+    rate_limit_timeout_s: float = Field(0.1, gt=0, le=10)
     upstream_timeout_s: float = Field(30.0, gt=0)
     # How long a verified (or unknown) API key is trusted before the store is asked again;
     # also the bound on how late a revocation takes effect.

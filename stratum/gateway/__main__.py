@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(settings.log_level, component="gateway", deployment=args.name)
     host = args.host or settings.gateway.host
     port = args.port if args.port is not None else settings.gateway.port
+    settings.gateway.port = port  # what the gateway-wide rate limit is shared by
     warn_if_auth_off(logging.getLogger("stratum.gateway"), settings.gateway.require_auth,
                      f"port {port}")
     meta = None

@@ -33,7 +33,7 @@ from stratum.errors import (
     UpstreamError,
 )
 from stratum.gateway.admin import GatewayAdmin
-from stratum.gateway.auth import Admission
+from stratum.gateway.auth import Admission, Buckets
 from stratum.gateway.call import (
     JSON_HEADERS,
     Call,
@@ -101,7 +101,8 @@ class Gateway:
         self.keys = KeyChecker(meta, g.auth_cache_s) if meta is not None else None
         # A named gateway follows its deployment's routes in the store (gateway.sync).
         self.runtime = RuntimeStore(meta) if meta is not None and name else None
-        self.admission = Admission(g, self.keys)
+        self.admission = Admission(g, self.keys, Buckets.of(
+            settings, port, self.metrics.ratelimit_fallback))
         self._hash_header = g.hash_header.lower().encode()
         self._forward = _FORWARD | {self._hash_header}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -147,6 +148,7 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for up in self.table.upstreams.values():
             up.close()
+        await self.admission.buckets.aclose()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = scope.get("raw_path") or scope["path"].encode()

@@ -1,17 +1,25 @@
 """The gateway's admission: the scope each path needs, a key where the gateway or the
 deployment asks for one, and token-bucket rate limits per key (the gateway's, and each
-deployment's own). Key checking itself is ``stratum.security.access``."""
+deployment's own). Key checking itself is ``stratum.security.access``; where the buckets
+live (this process, a table shared by the host's gateways, Redis) is ``Buckets``."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-from stratum.config.settings import GatewaySettings
-from stratum.errors import RateLimitedError, ServingError
+from stratum.config.settings import GatewaySettings, Settings
+from stratum.errors import ServingError
 from stratum.gateway.call import Call
+from stratum.gateway.ratelimit import OnFallback, RateLimiter, SharedLimiter, table_path
 from stratum.gateway.traffic import Pool
 from stratum.security.access import KeyChecker, presented_key
+
+if TYPE_CHECKING:
+    from stratum.gateway.ratelimit_redis import RedisBuckets
+
+log = logging.getLogger(__name__)
 
 
 def scope_for(path: str) -> str | None:
@@ -25,38 +33,72 @@ def scope_for(path: str) -> str | None:
     return "predict"
 
 
-class RateLimiter:
-    """One token bucket per key: ``rate`` tokens per second, ``burst`` deep."""
+class Limiter(Protocol):
+    rate: float
 
-    def __init__(self, rate: float, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def check(self, key: str) -> None:
+    async def take(self, key: str) -> None:
         """Take one token for ``key`` or raise RateLimitedError (429)."""
-        now = self.clock()
-        tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            self._buckets[key] = (tokens, now)
-            wait = (1.0 - tokens) / self.rate
-            raise RateLimitedError(
-                f"rate limit of {self.rate:g} requests/s exceeded for {key}",
-                hint=f"retry after {wait:.2f}s")
-        self._buckets[key] = (tokens - 1.0, now)
-        if len(self._buckets) > 100_000:
-            self._buckets.clear()
+
+
+class Buckets:
+    """Where one gateway keeps its limiters' buckets: in Redis when ``url`` is set (with
+    the host's table to fall back on), else in a table under ``home`` that every gateway
+    of this host shares, else (no home) in this process."""
+
+    def __init__(self, home: Path | None = None, port: int | None = None, *,
+                 url: str | None = None, timeout_s: float = 0.1,
+                 on_fallback: OnFallback | None = None) -> None:
+        self.home, self.port, self.on_fallback = home, port, on_fallback
+        self.redis: RedisBuckets | None = None
+        if url:
+            from stratum.gateway.ratelimit_redis import RedisBuckets
+
+            self.redis = RedisBuckets(url, timeout_s, on_fallback)
+
+    @classmethod
+    def of(cls, settings: Settings, port: int | None,
+           on_fallback: OnFallback | None = None) -> Buckets:
+        """A gateway's: shared through its home when the home exists (a gateway never
+        makes one), on ``port`` (else ``gateway.port``)."""
+        g = settings.gateway
+        home = settings.home if settings.home.is_dir() else None
+        return cls(home, port if port is not None else g.port, url=g.rate_limit_url,
+                   timeout_s=g.rate_limit_timeout_s, on_fallback=on_fallback)
+
+    async def aclose(self) -> None:
+        if self.redis is not None:
+            await self.redis.close()
+
+    def gateway(self, rate: float, burst: float | None) -> Limiter:
+        """The gateway-wide limit: one per port."""
+        return self._make(f"port-{self.port}", rate, burst)
+
+    def deployment(self, name: str, rate: float, burst: float | None) -> Limiter:
+        return self._make(f"deployment-{name}", rate, burst)
+
+    def _make(self, label: str, rate: float, burst: float | None) -> Limiter:
+        local: SharedLimiter | RateLimiter = RateLimiter(rate, burst)
+        if self.home is not None:
+            path = table_path(self.home, label, rate, burst)
+            try:
+                local = SharedLimiter(path, rate, burst, on_fallback=self.on_fallback)
+            except OSError as exc:  # an unusable home must not stop serving
+                log.error("rate limit %s: cannot use the shared table %s (%s); this "
+                          "gateway keeps its own buckets, so each gateway of the port "
+                          "allows the full rate", label, path, exc)
+        if self.redis is not None:
+            return self.redis.limiter(label, rate, burst, local)
+        return local
 
 
 class Admission:
-    def __init__(self, cfg: GatewaySettings, keys: KeyChecker | None) -> None:
+    def __init__(self, cfg: GatewaySettings, keys: KeyChecker | None,
+                 buckets: Buckets | None = None) -> None:
         self.cfg, self.keys = cfg, keys
-        self.limiter = (RateLimiter(cfg.rate_limit_per_s, cfg.rate_limit_burst)
+        self.buckets = buckets if buckets is not None else Buckets()
+        self.limiter = (self.buckets.gateway(cfg.rate_limit_per_s, cfg.rate_limit_burst)
                         if cfg.rate_limit_per_s else None)
-        self._limiters: dict[tuple[str, float, int | None], RateLimiter] = {}
+        self._limiters: dict[tuple[str, float, int | None], Limiter] = {}
 
     async def admit(self, call: Call, pool: Pool | None) -> None:
         """Raise 401/403/429, or return. A key is needed when ``gateway.require_auth`` is on
@@ -76,15 +118,15 @@ class Admission:
         else:
             who = call.client or "anonymous"
         if self.limiter is not None:
-            self.limiter.check(who)
+            await self.limiter.take(who)
         if pool is not None and limits is not None and limits.rate_limit_per_s:
-            self._of(pool.name, limits.rate_limit_per_s, limits.rate_limit_burst).check(who)
+            await self._of(pool.name, limits.rate_limit_per_s, limits.rate_limit_burst).take(who)
 
-    def _of(self, name: str, rate: float, burst: int | None) -> RateLimiter:
+    def _of(self, name: str, rate: float, burst: int | None) -> Limiter:
         """The deployment's limiter, kept across tables while its rate stays the same."""
         key = (name, rate, burst)
         lim = self._limiters.get(key)
         if lim is None:
             self._limiters = {k: v for k, v in self._limiters.items() if k[0] != name}
-            lim = self._limiters[key] = RateLimiter(rate, burst)
+            lim = self._limiters[key] = self.buckets.deployment(name, rate, burst)
         return lim

@@ -34,6 +34,8 @@ class GatewayMetrics:
         self.healthy = c.GATEWAY_HEALTHY.gauge(r)
         self.replicas = c.GATEWAY_REPLICAS.gauge(r)
         self.held = c.GATEWAY_HELD.gauge(r)
+        self.ratelimit = c.GATEWAY_RATELIMIT_FALLBACK.counter(r)
+        self._fallbacks = {why: self.ratelimit.labels(why) for why in ("table_full", "redis")}
         self._paths: dict[str, tuple[object, str, str]] = {}
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
@@ -52,6 +54,10 @@ class GatewayMetrics:
                 self.latency.labels(seen[2], seen[1]))
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def ratelimit_fallback(self, reason: str) -> None:
+        """A rate-limit check that its shared buckets could not decide (``ratelimit``)."""
+        self._fallbacks[reason].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -113,6 +113,9 @@ GATEWAY_REPLICAS = _g("stratum_gateway_replicas", "Replicas in the routing table
 GATEWAY_HEALTHY = _g("stratum_gateway_healthy_replicas", "Replicas taking traffic")
 GATEWAY_HELD = _g("stratum_gateway_held_requests",
                   "Requests waiting for a replica of a deployment scaled to zero")
+GATEWAY_RATELIMIT_FALLBACK = _c("stratum_gateway_ratelimit_fallback_total",
+                                "Rate-limit checks decided by a less shared bucket: this "
+                                "process's (table_full) or this host's (redis)", "reason")
 
 # -- replica ----------------------------------------------------------------------------------
 REPLICA_REQUESTS = _c("stratum_replica_requests_total", "HTTP requests by route and status",

@@ -5,6 +5,7 @@ under load from a bounded client:
   control plane restarted adopts the running replicas and gateway (same pids), with no
   failed request; routes live in the store, so a SIGKILLed gateway's replacement and a
   second gateway started by hand serve the current table at once;
+- a deployment's rate limit holds across its two gateways (the buckets are shared);
 - PostgreSQL: two control planes, one leads (advisory lock) and one stands by answering
   307 to the leader; the leader SIGKILLed under load, the standby leads within 5 s,
   adopts the same processes, and `scale` works right after; no failed request.
@@ -16,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -242,6 +245,68 @@ def test_a_second_gateway_started_by_hand_gets_the_routes(embedded: Embedded,
             return a["etag"] == b["etag"] and len(b["replicas"]) == 2
 
         _wait("the second gateway to follow the new routes", same_table, timeout=20)
+
+
+def _served(metrics_url: str, code: str) -> int:
+    """How many requests for tiny this gateway answered with ``code``, from its /metrics."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("stratum_gateway_requests_total{")
+               and 'model="tiny"' in line and f'code="{code}"' in line)
+
+
+def test_a_deployments_rate_limit_holds_across_its_gateways(embedded: Embedded) -> None:
+    """``--rate-limit R --rate-burst B`` on a deployment with two gateways: clients on
+    fresh connections reach both (SO_REUSEPORT spreads them), and both together let
+    through at most B + R x elapsed, where each gateway's own buckets let through twice
+    that. Last of the embedded tests: the limit stays on the deployment."""
+    rate, burst = 10.0, 10
+    embedded.cli("deploy", "tiny@1", "--rate-limit", str(rate), "--rate-burst", str(burst),
+                 "--json")
+    admin = admin_headers(embedded.settings)
+    gateways = [f"http://127.0.0.1:{g['admin_port']}"
+                for g in _deployment(embedded.settings)["observed"]["gateways"]]
+    assert len(gateways) == 2
+
+    def limited_everywhere() -> bool:
+        tables = [httpx.get(f"{g}/admin/routes", headers=admin, timeout=5).json()
+                  for g in gateways]
+        return all((t["routes"]["deployments"]["tiny"].get("limits") or {}).get(
+            "rate_limit_per_s") == rate for t in tables)
+
+    _wait("both gateways to have the limit", limited_everywhere, timeout=20)
+    before = [(_served(f"{g}/metrics", "200"), _served(f"{g}/metrics", "429"))
+              for g in gateways]
+    answers: list[int] = []
+    t0 = time.monotonic()
+    end = t0 + 3.0
+
+    def client() -> None:
+        # No keep-alive: a new connection per request, as from many clients.
+        with httpx.Client(base_url=embedded.url, timeout=10,
+                          limits=httpx.Limits(max_keepalive_connections=0)) as c:
+            while time.monotonic() < end:
+                answers.append(c.post("/v1/models/tiny:predict", json=SAMPLE).status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    codes = Counter(answers)
+    after = [(_served(f"{g}/metrics", "200"), _served(f"{g}/metrics", "429"))
+             for g in gateways]
+    per_gateway = [(a[0] - b[0], a[1] - b[1]) for a, b in zip(after, before, strict=True)]
+    allowed = burst + rate * elapsed
+    print(f"rate limit across 2 gateways: {codes[200]} of {sum(codes.values())} admitted in "
+          f"{elapsed:.2f} s (at most {allowed:.0f}); per gateway (200, 429): {per_gateway}")
+    assert set(codes) == {200, 429}, codes
+    assert all(ok > 0 and refused > 0 for ok, refused in per_gateway), per_gateway
+    assert 0.8 * allowed <= codes[200] <= allowed + 2, (codes, allowed)
+    # The buckets' table lives in the private home like everything there.
+    (table,) = (embedded.home / "ratelimit").iterdir()
+    assert table.stat().st_mode & 0o777 == 0o600 and table.parent.stat().st_mode & 0o777 == 0o700
 
 
 # -- PostgreSQL: a leader and a standby ---------------------------------------------------

@@ -40,6 +40,7 @@ def services(pg_url: str, redis_url: str, s3_server: str, tmp_path: Path) -> dic
         "STRATUM_HOME": str(tmp_path / "home"),
         "STRATUM_METADATA_URL": pg_url,
         "STRATUM_QUEUE_URL": redis_url,
+        "STRATUM_GATEWAY__RATE_LIMIT_URL": redis_url,
         "STRATUM_ARTIFACT_URL": f"s3://{bucket}/artifacts",
         "STRATUM_ARTIFACT_OPTIONS__KEY": "test",
         "STRATUM_ARTIFACT_OPTIONS__SECRET": "test",

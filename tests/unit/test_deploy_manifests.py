@@ -232,6 +232,7 @@ def test_config_map_and_secret_make_the_settings(objs: list[Obj],
     assert s.metadata_url and s.metadata_url.startswith("postgresql+psycopg://")
     assert s.artifact_url == "s3://stratum/artifacts"
     assert s.queue_url and s.queue_url.startswith("redis://")
+    assert s.gateway.rate_limit_url and s.gateway.rate_limit_url.startswith("redis://")
     assert s.artifact_options == {
         "key": "REPLACE-ME", "secret": "REPLACE-ME",
         "client_kwargs": {"endpoint_url": "http://minio.storage.svc:9000",
