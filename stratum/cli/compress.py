@@ -8,30 +8,27 @@ error (nothing registered), 3 the gate refused the last child (registered, no al
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from stratum.cli.context import console, get_ctx, print_json
-from stratum.compress import (
-    EXIT_REFUSED,
-    CompressResult,
-    Distill,
-    Export,
-    Prune,
-    Quantize,
-    compress,
-)
-from stratum.compress.passes import Pass
 from stratum.errors import ConfigError
+
+if TYPE_CHECKING:
+    from stratum.compress import CompressResult
+    from stratum.compress.passes import Pass
 
 
 def _passes(prune: float | None, structured: bool, epochs: int | None, finetune_lr: float,
             quantize: str | None, static: bool, calibration: int, distill: str | None,
             student_params: str | None, temperature: float, alpha: float,
             export: str | None) -> list[Pass]:
+    # The passes build torch networks: imported when compressing, not for every command.
+    from stratum.compress import Distill, Export, Prune, Quantize
+
     out: list[Pass] = []
     if distill is not None:
         try:
@@ -98,6 +95,7 @@ def compress_cmd(
 ) -> None:
     """Compress a version through passes; each registers a child version with lineage
     and a report (accuracy, bytes, latency, throughput against the parent)."""
+    from stratum.compress import EXIT_REFUSED, compress
     from stratum.train.tune import finetune
 
     c = get_ctx(ctx)

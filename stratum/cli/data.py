@@ -10,9 +10,6 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from stratum.cli.context import console, err_console, get_ctx, print_json
-from stratum.data import Schema, ingest
-from stratum.data.dataset import parse_dataset_ref
-from stratum.data.preparers import preparer_for
 from stratum.store import models as m
 
 app = typer.Typer(no_args_is_help=True)
@@ -47,6 +44,10 @@ def ingest_cmd(
 ) -> None:
     """Clean, split, shard and version a dataset; prints the cleaning report. The same
     source gives the same version with either backend."""
+    # pyarrow and the sources load here, not for every command: ``stratum.data`` is lazy.
+    from stratum.data import Schema, ingest
+    from stratum.data.preparers import preparer_for
+
     cli = get_ctx(ctx)
     preparer = preparer_for(backend or cli.settings.cluster.backend, cli.settings)
     declared = Schema.from_yaml(schema) if schema is not None else None
@@ -105,6 +106,9 @@ def show_cmd(ctx: typer.Context,
              as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts.")
              ) -> None:
     """Show a version: schema, statistics, cleaning report and shard map."""
+    from stratum.data.cleaning import CleaningReport
+    from stratum.data.dataset import parse_dataset_ref
+
     name, version = parse_dataset_ref(ref)
     dv = get_ctx(ctx).store.meta.dataset_version(name, version)
     doc = version_doc(name, dv, full=True)
@@ -129,8 +133,6 @@ def show_cmd(ctx: typer.Context,
     console.print("splits: " + ", ".join(f"{k}={v:,}" for k, v in
                                          dv.stats.get("splits", {}).items()))
     t = Table(title="Cleaning report", show_header=False)
-    from stratum.data.cleaning import CleaningReport
-
     for line in CleaningReport(**dv.cleaning).lines():
         t.add_row(line)
     console.print(t)

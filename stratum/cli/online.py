@@ -6,19 +6,21 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.config import Settings
 from stratum.control.lease import FileLease
-from stratum.control.observe import learner_record, write_learner_record
 from stratum.errors import ConflictError
 from stratum.monitor.logging import setup_logging
-from stratum.online.exporter import MetricsServer
-from stratum.online.learner import Learner, Update
 from stratum.queue import feedback_stream, open_queue
 from stratum.security.access import warn_if_auth_off
+
+if TYPE_CHECKING:
+    from stratum.online.exporter import MetricsServer
+    from stratum.online.learner import Learner, Update
 
 
 def describe_update(name: str, u: Update) -> str:
@@ -54,6 +56,11 @@ def learn(
 ) -> None:
     """Consume feedback, fine-tune challengers and promote the ones that win the gate.
     Runs until Ctrl-C (or SIGTERM); every decision is an event (`stratum models history`)."""
+    # The learner fine-tunes with torch, and the control plane's record helpers bring
+    # FastAPI: imported by the command that uses them, not by every `stratum` command.
+    from stratum.control.observe import learner_record
+    from stratum.online.learner import Learner
+
     c = get_ctx(ctx)
     setup_logging(c.settings.log_level, component="learner", model=name)
     warn_if_auth_off(logging.getLogger("stratum.online"), c.settings.gateway.require_auth,
@@ -100,6 +107,9 @@ def _serve_metrics(settings: Settings, learner: Learner, *, quiet: bool
                    ) -> MetricsServer | None:
     """The learner's /metrics (``monitor.learner_metrics_port``), recorded where the
     control plane looks for it (its alert rules and Prometheus discovery)."""
+    from stratum.control.observe import write_learner_record
+    from stratum.online.exporter import MetricsServer
+
     cfg = settings.monitor
     if cfg.learner_metrics_port is None:
         return None

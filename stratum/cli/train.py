@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich.progress import (
@@ -18,8 +18,10 @@ from rich.progress import (
 
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.errors import ConfigError
-from stratum.train import Progress as TrainProgress
-from stratum.train import fit, load_config
+from stratum.train import load_config
+
+if TYPE_CHECKING:
+    from stratum.train import Progress as TrainProgress
 
 
 class _Bar:
@@ -70,6 +72,8 @@ def train(
 ) -> None:
     """Train a model from CONFIG, evaluate it on the test split and register it
     (alias `candidate`). A killed worker is restarted from the last checkpoint."""
+    from stratum.train import fit  # torch and the strategies: only when training
+
     c = get_ctx(ctx)
     cfg = load_config(config, workers=workers, strategy=strategy, epochs=epochs, name=name)
     settings = c.settings

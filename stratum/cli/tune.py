@@ -12,11 +12,12 @@ from rich.table import Table
 
 from stratum.cli.context import console, get_ctx, print_json
 from stratum.errors import ConfigError
-from stratum.train import search as hpo
 from stratum.train.search_space import load_space
 
 
 def _trial_row(t: Any) -> dict[str, Any]:
+    from stratum.train import search as hpo
+
     steps = sorted(t.intermediate_values)
     return {"trial": t.number, "state": t.state.name, "value": t.value,
             "epochs": steps[-1] if steps else None, "params": hpo.decoded(t),
@@ -28,6 +29,8 @@ def _short(v: Any) -> str:
 
 
 def _show(ctx: typer.Context, search_id: str | None, as_json: bool) -> None:
+    from stratum.train import search as hpo
+
     settings = get_ctx(ctx).settings
     if search_id is None:
         rows = []
@@ -88,6 +91,9 @@ def tune(
     if config == "show":
         _show(ctx, search_id, as_json)
         return
+    # The search brings torch and the trainer: imported when one runs, not for --help.
+    from stratum.train import search as hpo
+
     if space is None:
         raise ConfigError("give the search space: --space SPACE.yaml")
     params = load_space(space)

@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -33,8 +33,10 @@ from stratum.cli.serving import _print, _wait
 from stratum.cli.train import train as train_cmd
 from stratum.config.child import start_python
 from stratum.errors import ConfigError, NotFoundError
-from stratum.online.demo import DemoTick, digits, stream
 from stratum.security.tokens import ADMIN_TOKEN_FILE, ensure_key_file
+
+if TYPE_CHECKING:
+    from stratum.online.demo import DemoTick
 
 CLIENT_KEY_FILE = "client.key"
 
@@ -171,6 +173,8 @@ def _stop_control(c: CliContext) -> None:
 
 
 def _example_request(c: CliContext, name: str) -> Path:
+    from stratum.online.demo import digits  # torch: imported once the loop is up
+
     images, _ = digits(c.store, name, "test")
     path = c.settings.home.expanduser().resolve() / "example-request.json"
     path.write_bytes(orjson.dumps({"instances": [images[0].tolist()]}))
@@ -212,6 +216,8 @@ def _check_auth_is_on(gateway: str, name: str, verify: ssl.SSLContext) -> None:
 
 def _demo(c: CliContext, name: str, url: str, requests: int, rotate_after: int,
           stop: threading.Event, headers: dict[str, str], verify: ssl.SSLContext) -> None:
+    from stratum.online.demo import digits, stream
+
     images, labels = digits(c.store, name, "train")
     meta = c.store.meta
     state: dict[str, Any] = {"tick": None}

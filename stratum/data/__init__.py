@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from stratum.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from stratum.data.dataset import Dataset, open_dataset
@@ -27,14 +28,7 @@ _LAZY = {
     "Schema": "stratum.data.schema",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["Dataset", "Feature", "IngestResult", "Pipeline", "Schema", "ingest", "open_dataset"]

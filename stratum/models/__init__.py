@@ -10,9 +10,9 @@ the online learner loads models it can fine-tune.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from stratum.lazy import lazy_exports
 from stratum.models.frameworks import (
     FRAMEWORKS,
     PredictOptions,
@@ -37,14 +37,7 @@ _LAZY = {
     "load_network": "stratum.models.zoo",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [
