@@ -192,11 +192,11 @@ class Replica:
             (b"x-model-version", str(version).encode()),
             *resp.headers,
         ]
+        if span is not None:  # before the answer leaves, so it ends inside the caller's span
+            end_request(span, label, resp.status, version)
         await send({"type": "http.response.start", "status": resp.status, "headers": out_headers})
         await send({"type": "http.response.body", "body": resp.body})
         self.metrics.observe(label, resp.status, time.perf_counter() - start)
-        if span is not None:
-            end_request(span, label, resp.status, version)
 
 
 def _init_forward_thread(threads: int | None) -> None:
