@@ -58,6 +58,11 @@ _SLACK = 1e-3
 OnFallback = Callable[[str], None]
 
 
+def depth(rate: float, burst: float | None) -> float:
+    """A bucket's depth: ``burst``, else one second's worth of ``rate`` (at least 1)."""
+    return burst if burst is not None else max(1.0, rate)
+
+
 class RateLimiter:
     """One token bucket per key in this process: ``rate`` tokens per second, ``burst``
     deep."""
@@ -65,7 +70,7 @@ class RateLimiter:
     def __init__(self, rate: float, burst: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
+        self.burst = depth(rate, burst)
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
 
@@ -104,7 +109,7 @@ class SharedLimiter:
         if slots <= 0 or slots & (slots - 1):
             raise ValueError(f"slots must be a power of two, not {slots}")
         self.rate = rate
-        self.burst = burst if burst is not None else max(1.0, rate)
+        self.burst = depth(rate, burst)
         self.path, self.clock = path, clock
         self._interval = 1.0 / rate
         # How far past now a key's arrival time may run: ``burst`` requests' worth.
@@ -230,5 +235,5 @@ def table_path(home: Path, label: str, rate: float, burst: float | None) -> Path
     return home / "ratelimit" / f"{safe}-{digest}.table"
 
 
-__all__ = ["PROBE", "SLOTS", "RateLimiter", "SharedLimiter", "TableError", "limited",
-           "table_path"]
+__all__ = ["PROBE", "SLOTS", "RateLimiter", "SharedLimiter", "TableError", "depth",
+           "limited", "table_path"]

@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from stratum.gateway.ratelimit import OnFallback, RateLimiter, SharedLimiter, limited
+from stratum.gateway.ratelimit import OnFallback, RateLimiter, SharedLimiter, depth, limited
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class RedisLimiter:
     def __init__(self, redis: RedisBuckets, name: str, rate: float, burst: float | None,
                  local: SharedLimiter | RateLimiter) -> None:
         self.redis, self.rate, self.local = redis, rate, local
-        self.burst = burst if burst is not None else max(1.0, rate)
+        self.burst = depth(rate, burst)
         self._interval_us = 1e6 / rate
         self._span_us = self.burst * self._interval_us
         digest = hashlib.blake2b(f"{name}\0{rate!r}\0{self.burst!r}".encode(),
